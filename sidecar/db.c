@@ -1,0 +1,427 @@
+/*-------------------------------------------------------------------------
+ *
+ * db.c
+ *	  The libpq side of aggr-sidecar: one database connection per HTTP
+ *	  thread, the statements it prepares, and the one table that maps a
+ *	  SQLSTATE to an HTTP status.
+ *
+ *	  Protocol kept here:
+ *	  - A thread owns its connection alone (a thread-local slot), so no
+ *		lock is ever taken around libpq.
+ *	  - Connections are opened lazily, with TimeZone = UTC, and statements
+ *		are prepared on first use, so that the sidecar starts and answers
+ *		503 while the database or the extension is missing.
+ *	  - A lost or refused connection is answered at once with an 08xxx
+ *		error (HTTP 503); the next attempt waits a capped exponential
+ *		backoff, so an outage costs a fast 503, never a hang.
+ *	  - Every round trip is bounded by --db-timeout: the connection is
+ *		non-blocking and waited on with poll(2); past the bound the
+ *		connection is dropped.
+ *	  - 40001 and 40P01 are retried up to three times in all.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sidecar.h"
+
+#define TEXTOID 25
+#define INT4OID 23
+#define INT8OID 20
+
+#define BACKOFF_MIN_US	100000	/* first retry after a failed connect */
+#define BACKOFF_MAX_US	2000000 /* cap */
+#define STMT_ATTEMPTS	3
+
+typedef struct StmtDef
+{
+	const char *name;
+	const char *sql;
+	int			nparams;
+	Oid			types[3];
+} StmtDef;
+
+/*
+ * The SQL the sidecar runs.  Results are rendered by PostgreSQL; the
+ * sidecar forwards them.
+ */
+static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
+	[AGGR_STMT_PUBLISH] = {
+		"aggr_publish",
+		"SELECT r::text, r ? 'unique', r->>'accepted' "
+		"FROM aggr_publish($1::jsonb) AS r",
+		1, {TEXTOID}
+	},
+	[AGGR_STMT_EVENTS] = {
+		"aggr_events",
+		"SELECT coalesce(json_agg(json_build_object("
+		"'topic', e.topic, 'event_id', e.event_id, "
+		"'timestamp', e.\"timestamp\", 'source', e.source, "
+		"'payload', e.payload, 'ingested_at', e.ingested_at) "
+		"ORDER BY e.seq), '[]'::json), max(e.seq), count(*) "
+		"FROM aggr_events($1, $2, $3) AS e",
+		3, {TEXTOID, INT4OID, INT8OID}
+	},
+	[AGGR_STMT_STATS] = {
+		"aggr_stats",
+		"SELECT aggr_stats()::text",
+		0, {0}
+	},
+	[AGGR_STMT_HEALTH] = {
+		"aggr_health",
+		"SELECT h::text, h->>'status' = 'ok' FROM aggr_health() AS h",
+		0, {0}
+	},
+	/* numbers of the stats object, one level deep, and per-topic counts */
+	[AGGR_STMT_METRICS] = {
+		"aggr_metrics",
+		"WITH s AS (SELECT aggr_stats() AS s) "
+		"SELECT 'n', e.key, e.value::text FROM s, jsonb_each(s.s) AS e "
+		"WHERE jsonb_typeof(e.value) = 'number' "
+		"UNION ALL "
+		"SELECT 'n', e.key || '_' || n.key, n.value::text "
+		"FROM s, jsonb_each(s.s) AS e, jsonb_each(CASE WHEN "
+		"jsonb_typeof(e.value) = 'object' THEN e.value ELSE '{}' END) AS n "
+		"WHERE jsonb_typeof(n.value) = 'number' "
+		"UNION ALL "
+		"SELECT 't', t->>'topic', t->>'count' FROM s, "
+		"jsonb_array_elements(CASE WHEN jsonb_typeof(s.s->'topics') = "
+		"'array' THEN s.s->'topics' ELSE '[]' END) AS t",
+		0, {0}
+	},
+};
+
+/*
+ * SQLSTATE -> HTTP status: the only place that decides it.  Exact codes
+ * first; a 2-character entry matches a whole class.  Anything else is 500.
+ */
+static const AggrErrorMap error_map[] = {
+	{"22P02", 400, false, false},	/* malformed JSON, scalar or [] */
+	{"22P05", 400, false, false},	/* \u0000 */
+	{"22021", 400, false, false},	/* bad UTF-8, NUL byte */
+	{"54001", 400, false, false},	/* nesting too deep */
+	{"22032", 400, false, false},	/* invalid JSON text */
+	{"22023", 422, false, false},	/* schema violation: index and field */
+	{"54000", 413, false, false},	/* too many events in one request */
+	{"55000", 503, false, false},	/* aggr not preloaded */
+	{"42883", 503, false, false},	/* extension not installed */
+	{"3F000", 503, false, false},	/* schema missing */
+	{"40001", 503, true, true},		/* serialization failure: retried */
+	{"40P01", 503, true, true},		/* deadlock: retried */
+	{"57P01", 503, true, false},	/* admin shutdown */
+	{"57P02", 503, true, false},	/* crash shutdown */
+	{"57P03", 503, true, false},	/* cannot connect now */
+	{"57014", 503, true, false},	/* statement cancelled */
+	{"53", 503, true, false},		/* queue full, insufficient resources */
+	{"08", 503, true, false},		/* broker or database unreachable */
+};
+
+static const AggrErrorMap default_error = {"XX000", 500, false, false};
+
+const AggrErrorMap *
+AggrSqlstateLookup(const char *sqlstate)
+{
+	for (size_t i = 0; i < sizeof(error_map) / sizeof(error_map[0]); i++)
+	{
+		const char *code = error_map[i].sqlstate;
+
+		if (strncmp(sqlstate, code, strlen(code)) == 0)
+			return &error_map[i];
+	}
+	return &default_error;
+}
+
+typedef struct DbSlot
+{
+	PGconn	   *conn;
+	bool		prepared[AGGR_NUM_STMTS];
+	int			failures;		/* consecutive failed connects */
+	int64_t		next_attempt_us;
+	int			id;
+} DbSlot;
+
+static DbSlot *slots;
+static int	nslots;
+static atomic_int slots_taken;
+static __thread DbSlot *my_slot;
+
+void
+AggrDbInit(int nthreads)
+{
+	/* MHD calls handlers from its pool threads only; keep a spare */
+	nslots = nthreads + 1;
+	slots = calloc(nslots, sizeof(DbSlot));
+	if (slots == NULL)
+		abort();
+	for (int i = 0; i < nslots; i++)
+		slots[i].id = i + 1;
+}
+
+void
+AggrDbShutdown(void)
+{
+	for (int i = 0; i < nslots; i++)
+		if (slots[i].conn)
+			PQfinish(slots[i].conn);
+	free(slots);
+	slots = NULL;
+	nslots = 0;
+}
+
+static void
+SetError(AggrDbError *err, const char *sqlstate, const char *message,
+		 const char *detail, const char *hint)
+{
+	size_t		len;
+
+	AggrDbErrorFree(err);
+	snprintf(err->sqlstate, sizeof(err->sqlstate), "%s",
+			 sqlstate ? sqlstate : "XX000");
+	err->message = AggrStrdup(message ? message : "unknown error");
+	/* libpq messages end with a newline */
+	len = strlen(err->message);
+	while (len > 0 && (err->message[len - 1] == '\n' ||
+					   err->message[len - 1] == ' '))
+		err->message[--len] = '\0';
+	err->detail = detail ? AggrStrdup(detail) : NULL;
+	err->hint = hint ? AggrStrdup(hint) : NULL;
+}
+
+void
+AggrDbErrorFree(AggrDbError *err)
+{
+	free(err->message);
+	free(err->detail);
+	free(err->hint);
+	memset(err, 0, sizeof(*err));
+}
+
+bool
+AggrDbIsConnectionError(const AggrDbError *err)
+{
+	return strncmp(err->sqlstate, "08", 2) == 0 ||
+		strncmp(err->sqlstate, "57P0", 4) == 0;
+}
+
+/* {"error":"…","sqlstate":"…","detail":…} */
+void
+AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err)
+{
+	AggrBufAppendStr(buf, "{\"error\":");
+	AggrBufJsonString(buf, err->message ? err->message : "unknown error");
+	AggrBufAppendStr(buf, ",\"sqlstate\":");
+	AggrBufJsonString(buf, err->sqlstate);
+	AggrBufAppendStr(buf, ",\"detail\":");
+	if (err->detail)
+		AggrBufJsonString(buf, err->detail);
+	else
+		AggrBufAppendStr(buf, "null");
+	if (err->hint)
+	{
+		AggrBufAppendStr(buf, ",\"hint\":");
+		AggrBufJsonString(buf, err->hint);
+	}
+	AggrBufAppendStr(buf, "}");
+}
+
+static void
+DropConnection(DbSlot *slot)
+{
+	if (slot->conn)
+		PQfinish(slot->conn);
+	slot->conn = NULL;
+	memset(slot->prepared, 0, sizeof(slot->prepared));
+}
+
+static DbSlot *
+MySlot(void)
+{
+	if (my_slot == NULL)
+	{
+		int			i = atomic_fetch_add(&slots_taken, 1);
+
+		if (i >= nslots)
+		{
+			AggrLog("fatal", "more HTTP threads than database slots");
+			abort();
+		}
+		my_slot = &slots[i];
+	}
+	return my_slot;
+}
+
+static bool
+Connect(DbSlot *slot, AggrDbError *err)
+{
+	char		appname[64];
+	PGresult   *res;
+	int64_t		now = AggrNowUs();
+	int64_t		backoff;
+
+	/* defaults first: what the URL or conninfo says overrides them */
+	const char *keys[] = {"connect_timeout", "application_name",
+	"client_encoding", "dbname", NULL};
+	const char *vals[] = {"3", appname, "UTF8", aggr_config.conninfo, NULL};
+
+	if (now < slot->next_attempt_us)
+	{
+		SetError(err, "08001", "database unavailable, reconnecting",
+				 NULL, NULL);
+		return false;
+	}
+	snprintf(appname, sizeof(appname), "aggr sidecar %d", slot->id);
+	slot->conn = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(slot->conn) == CONNECTION_OK)
+	{
+		res = PQexec(slot->conn, "SET TimeZone = 'UTC'");
+		if (PQresultStatus(res) == PGRES_COMMAND_OK &&
+			PQsetnonblocking(slot->conn, 1) == 0)
+		{
+			PQclear(res);
+			if (slot->failures > 0)
+				AggrLog("info", "database connection %d restored", slot->id);
+			slot->failures = 0;
+			slot->next_attempt_us = 0;
+			return true;
+		}
+		PQclear(res);
+	}
+
+	SetError(err, "08001", PQerrorMessage(slot->conn), NULL, NULL);
+	if (slot->failures == 0)
+		AggrLog("warning", "database connection %d failed: %s", slot->id,
+				err->message);
+	DropConnection(slot);
+	backoff = (int64_t) BACKOFF_MIN_US << (slot->failures < 5 ? slot->failures : 5);
+	if (backoff > BACKOFF_MAX_US)
+		backoff = BACKOFF_MAX_US;
+	slot->failures++;
+	slot->next_attempt_us = now + backoff;
+	return false;
+}
+
+/*
+ * Wait until the connection has flushed its output and the result is
+ * complete, or until the deadline.  Returns false on timeout or a broken
+ * socket; the caller then drops the connection.
+ */
+static bool
+WaitForResult(PGconn *conn, int64_t deadline_us)
+{
+	for (;;)
+	{
+		int			flush = PQflush(conn);
+		struct pollfd pfd;
+		int64_t		left;
+
+		if (flush < 0)
+			return false;
+		if (flush == 0 && !PQisBusy(conn))
+			return true;
+		left = deadline_us - AggrNowUs();
+		if (left <= 0)
+			return false;
+		pfd.fd = PQsocket(conn);
+		pfd.events = POLLIN | (flush ? POLLOUT : 0);
+		pfd.revents = 0;
+		if (poll(&pfd, 1, (int) ((left + 999) / 1000)) < 0)
+			continue;			/* EINTR */
+		if ((pfd.revents & (POLLIN | POLLERR | POLLHUP)) &&
+			!PQconsumeInput(conn))
+			return true;		/* PQgetResult reports the failure */
+	}
+}
+
+/* run one prepared statement once; NULL with err set on failure */
+static PGresult *
+ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
+		 const int *lengths, const int *formats, AggrDbError *err)
+{
+	const StmtDef *def = &stmt_defs[stmt];
+	int64_t		deadline = AggrNowUs() + (int64_t) aggr_config.db_timeout_ms * 1000;
+	PGresult   *res = NULL;
+	PGresult   *extra;
+	bool		sent;
+
+	if (!slot->prepared[stmt])
+		sent = PQsendPrepare(slot->conn, def->name, def->sql, def->nparams,
+							 def->types);
+	else
+		sent = PQsendQueryPrepared(slot->conn, def->name, def->nparams,
+								   values, lengths, formats, 0);
+	if (!sent || !WaitForResult(slot->conn, deadline))
+	{
+		SetError(err, "08006", sent ? "database did not answer in time" :
+				 PQerrorMessage(slot->conn), NULL, NULL);
+		DropConnection(slot);
+		return NULL;
+	}
+	res = PQgetResult(slot->conn);
+	while ((extra = PQgetResult(slot->conn)) != NULL)
+		PQclear(extra);
+
+	if (PQresultStatus(res) == PGRES_FATAL_ERROR || res == NULL)
+	{
+		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+		if (PQstatus(slot->conn) != CONNECTION_OK || state == NULL)
+		{
+			SetError(err, "08006", res ? PQresultErrorMessage(res) :
+					 PQerrorMessage(slot->conn), NULL, NULL);
+			DropConnection(slot);
+			/* a fresh connection is worth trying at once */
+			slot->next_attempt_us = 0;
+		}
+		else
+			SetError(err, state,
+					 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY),
+					 PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL),
+					 PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+		PQclear(res);
+		return NULL;
+	}
+
+	if (!slot->prepared[stmt])
+	{
+		/* prepared now: run it */
+		PQclear(res);
+		slot->prepared[stmt] = true;
+		return ExecOnce(slot, stmt, values, lengths, formats, err);
+	}
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		SetError(err, "XX000", PQresultErrorMessage(res), NULL, NULL);
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/*
+ * Run a statement on this thread's connection.  On failure returns NULL
+ * and fills err (its sqlstate drives the HTTP status).
+ */
+PGresult *
+AggrDbExec(AggrStmt stmt, const char *const *values, const int *lengths,
+		   const int *formats, AggrDbError *err)
+{
+	DbSlot	   *slot = MySlot();
+
+	for (int attempt = 1;; attempt++)
+	{
+		PGresult   *res;
+
+		if (slot->conn == NULL && !Connect(slot, err))
+			return NULL;
+		res = ExecOnce(slot, stmt, values, lengths, formats, err);
+		if (res != NULL)
+			return res;
+		if (!AggrSqlstateLookup(err->sqlstate)->retry_stmt ||
+			attempt >= STMT_ATTEMPTS)
+			return NULL;
+	}
+}

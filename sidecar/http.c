@@ -1,0 +1,693 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  The HTTP routes of aggr-sidecar on libmicrohttpd, and the lifecycle of
+ *	  one request: headers checked first (route, method, token, framing,
+ *	  Content-Length against --max-body), then the body collected up to
+ *	  --max-body, then one SQL call on this thread's connection, then one
+ *	  JSON access-log line when MHD reports the request complete.
+ *
+ *	  Threading: MHD runs a pool of --threads polling threads (epoll), each
+ *	  serving many connections without blocking on any client; a handler
+ *	  runs in the thread that polled its connection and uses that thread's
+ *	  libpq connection.  A slow or idle client therefore holds a connection
+ *	  slot, never a thread, and /healthz waits at most for one database
+ *	  round trip of its thread (bounded by --db-timeout).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "sidecar.h"
+
+#define EVENTS_DEFAULT_LIMIT 100
+#define EVENTS_MAX_LIMIT 10000
+#define LOG_PATH_MAX 512
+
+typedef struct Header
+{
+	const char *name;
+	const char *value;
+} Header;
+
+typedef struct Request
+{
+	int64_t		start_us;
+	AggrRoute	route;
+	char		method[16];
+	char	   *path;
+	bool		responded;
+	bool		too_large;
+	char	   *body;
+	size_t		body_len;
+	size_t		body_cap;
+	int			status;
+	size_t		bytes;
+	long		accepted;		/* -1 when not a successful publish */
+} Request;
+
+typedef struct RouteDef
+{
+	const char *path;
+	AggrRoute	route;
+	bool		post;			/* POST, else GET and HEAD */
+} RouteDef;
+
+static const RouteDef routes[] = {
+	{"/publish", AGGR_ROUTE_PUBLISH, true},
+	{"/events", AGGR_ROUTE_EVENTS, false},
+	{"/stats", AGGR_ROUTE_STATS, false},
+	{"/healthz", AGGR_ROUTE_HEALTHZ, false},
+	{"/metrics", AGGR_ROUTE_METRICS, false},
+};
+
+static atomic_long inflight;
+static atomic_bool shutting_down;
+
+static const char json_type[] = "application/json";
+
+long
+AggrHttpInflight(void)
+{
+	return atomic_load(&inflight);
+}
+
+void
+AggrHttpBeginShutdown(void)
+{
+	atomic_store(&shutting_down, true);
+}
+
+/* queue a response; headers is NULL or ends with a NULL name */
+static enum MHD_Result
+Reply(struct MHD_Connection *conn, Request *req, int status,
+	  const char *content_type, const char *body, size_t len,
+	  const Header *headers)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer(len, (void *) body,
+										   MHD_RESPMEM_MUST_COPY);
+	if (resp == NULL)
+		return MHD_NO;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	for (const Header *h = headers; h && h->name; h++)
+		MHD_add_response_header(resp, h->name, h->value);
+	if (atomic_load(&shutting_down))
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES)
+	{
+		req->responded = true;
+		req->status = status;
+		req->bytes = len;
+	}
+	return ret;
+}
+
+static enum MHD_Result
+ReplyJson(struct MHD_Connection *conn, Request *req, int status,
+		  const AggrBuf *body, const Header *headers)
+{
+	return Reply(conn, req, status, json_type, body->data, body->len,
+				 headers);
+}
+
+/* {"error": message} */
+static enum MHD_Result
+ReplyError(struct MHD_Connection *conn, Request *req, int status,
+		   const char *message, const Header *headers)
+{
+	AggrBuf		body;
+	enum MHD_Result ret;
+
+	AggrBufInit(&body, 128);
+	AggrBufAppendStr(&body, "{\"error\":");
+	AggrBufJsonString(&body, message);
+	AggrBufAppendStr(&body, "}");
+	ret = ReplyJson(conn, req, status, &body, headers);
+	AggrBufFree(&body);
+	return ret;
+}
+
+/* the status, Retry-After and body that a failed SQL call earns */
+static enum MHD_Result
+ReplyDbError(struct MHD_Connection *conn, Request *req,
+			 const AggrDbError *err)
+{
+	const AggrErrorMap *map = AggrSqlstateLookup(err->sqlstate);
+	static const Header retry[] = {{"Retry-After", "1"}, {NULL, NULL}};
+	AggrBuf		body;
+	enum MHD_Result ret;
+
+	AggrBufInit(&body, 256);
+	AggrDbErrorJson(&body, err);
+	ret = ReplyJson(conn, req, map->http_status, &body,
+					map->retry_after ? retry : NULL);
+	AggrBufFree(&body);
+	return ret;
+}
+
+/* ---- POST /publish ---- */
+
+static enum MHD_Result
+CountHeader(void *cls, enum MHD_ValueKind kind, const char *key,
+			const char *value)
+{
+	(void) kind;
+	(void) value;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+		(*(int *) cls)++;
+	return MHD_YES;
+}
+
+static bool
+TokenMatches(const char *auth)
+{
+	const char *token = aggr_config.token;
+	size_t		tlen = strlen(token);
+	size_t		alen;
+	unsigned char diff = 0;
+
+	if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
+		return false;
+	auth += 7;
+	while (*auth == ' ')
+		auth++;
+	alen = strlen(auth);
+	/* compare every byte whatever the first difference */
+	for (size_t i = 0; i < tlen; i++)
+		diff |= (unsigned char) token[i] ^ (unsigned char) (i < alen ? auth[i] : 0);
+	return diff == 0 && alen == tlen;
+}
+
+/* decisions taken from the headers alone, before any body byte is read */
+static enum MHD_Result
+PublishHeaders(struct MHD_Connection *conn, Request *req)
+{
+	const char *cl;
+	int			ncl = 0;
+	int64_t		len = -1;
+
+	if (aggr_config.token &&
+		!TokenMatches(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+												  MHD_HTTP_HEADER_AUTHORIZATION)))
+	{
+		static const Header h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
+
+		return ReplyError(conn, req, 401, "missing or wrong bearer token", h);
+	}
+
+	MHD_get_connection_values(conn, MHD_HEADER_KIND, CountHeader, &ncl);
+	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+									 MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (ncl > 1)
+		return ReplyError(conn, req, 400, "more than one Content-Length header",
+						  NULL);
+	if (cl && MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+										  MHD_HTTP_HEADER_TRANSFER_ENCODING))
+		return ReplyError(conn, req, 400,
+						  "both Content-Length and Transfer-Encoding", NULL);
+	if (cl && (!AggrParseInt64(cl, &len) || len < 0))
+		return ReplyError(conn, req, 400, "invalid Content-Length", NULL);
+	if (len > (int64_t) aggr_config.max_body)
+		return ReplyError(conn, req, 413, "request body too large", NULL);
+
+	req->body_cap = (len > 0 ? (size_t) len : 4096) + 1;
+	req->body = AggrMalloc(req->body_cap);
+	return MHD_YES;
+}
+
+static void
+PublishAppend(Request *req, const char *data, size_t size)
+{
+	size_t		need;
+
+	if (req->too_large)
+		return;					/* discarding the rest */
+	if (size > aggr_config.max_body - req->body_len)
+	{
+		req->too_large = true;
+		free(req->body);
+		req->body = NULL;
+		req->body_len = req->body_cap = 0;
+		return;
+	}
+	need = req->body_len + size + 1;
+	if (need > req->body_cap)
+	{
+		while (req->body_cap < need)
+			req->body_cap *= 2;
+		req->body = AggrRealloc(req->body, req->body_cap);
+	}
+	memcpy(req->body + req->body_len, data, size);
+	req->body_len += size;
+}
+
+static enum MHD_Result
+Publish(struct MHD_Connection *conn, Request *req)
+{
+	/*
+	 * The body goes as a binary-format text parameter: its length travels
+	 * with it, so PostgreSQL sees every byte (a NUL included) and rejects
+	 * what is not valid UTF-8 or not JSON.
+	 */
+	const char *values[1] = {req->body ? req->body : ""};
+	int			lengths[1] = {(int) req->body_len};
+	int			formats[1] = {1};
+	AggrDbError err = {0};
+	PGresult   *res;
+	enum MHD_Result ret;
+
+	res = AggrDbExec(AGGR_STMT_PUBLISH, values, lengths, formats, &err);
+	if (res == NULL)
+	{
+		ret = ReplyDbError(conn, req, &err);
+		AggrDbErrorFree(&err);
+		return ret;
+	}
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		ret = ReplyError(conn, req, 500, "aggr_publish returned no result", NULL);
+	else
+	{
+		/* a "unique" key means ingested now (200), else queued (202) */
+		bool		direct = PQgetvalue(res, 0, 1)[0] == 't';
+
+		ret = Reply(conn, req, direct ? 200 : 202, json_type,
+					PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0), NULL);
+		req->accepted = atol(PQgetvalue(res, 0, 2));
+	}
+	PQclear(res);
+	return ret;
+}
+
+/* ---- GET /events ---- */
+
+static enum MHD_Result
+Events(struct MHD_Connection *conn, Request *req)
+{
+	const char *topic = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "topic");
+	const char *limit_s = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *after_s = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
+	int64_t		limit = EVENTS_DEFAULT_LIMIT;
+	int64_t		after = 0;
+	char		limit_txt[24];
+	char		after_txt[24];
+	const char *values[3];
+	AggrDbError err = {0};
+	PGresult   *res;
+	enum MHD_Result ret;
+	AggrBuf		link;
+	Header		headers[2] = {{NULL, NULL}, {NULL, NULL}};
+
+	if (topic && topic[0] == '\0')
+		topic = NULL;			/* ?topic= means every topic */
+	if (limit_s && (!AggrParseInt64(limit_s, &limit) || limit < 1 ||
+					limit > EVENTS_MAX_LIMIT))
+		return ReplyError(conn, req, 400,
+						  "limit must be an integer from 1 to 10000", NULL);
+	if (after_s && (!AggrParseInt64(after_s, &after) || after < 0))
+		return ReplyError(conn, req, 400,
+						  "after must be a non-negative integer", NULL);
+	snprintf(limit_txt, sizeof(limit_txt), "%lld", (long long) limit);
+	snprintf(after_txt, sizeof(after_txt), "%lld", (long long) after);
+	values[0] = topic;
+	values[1] = limit_txt;
+	values[2] = after_s ? after_txt : NULL;
+
+	res = AggrDbExec(AGGR_STMT_EVENTS, values, NULL, NULL, &err);
+	if (res == NULL)
+	{
+		ret = ReplyDbError(conn, req, &err);
+		AggrDbErrorFree(&err);
+		return ret;
+	}
+
+	/* a full page announces the next one */
+	AggrBufInit(&link, 128);
+	if (!PQgetisnull(res, 0, 1) && atoll(PQgetvalue(res, 0, 2)) == limit)
+	{
+		AggrBufAppendStr(&link, "</events?");
+		if (topic)
+		{
+			AggrBufAppendStr(&link, "topic=");
+			AggrBufUrlEncode(&link, topic);
+			AggrBufAppendStr(&link, "&");
+		}
+		AggrBufPrintf(&link, "limit=%lld&after=%s>; rel=\"next\"",
+					  (long long) limit, PQgetvalue(res, 0, 1));
+		headers[0].name = "Link";
+		headers[0].value = link.data;
+	}
+	ret = Reply(conn, req, 200, json_type, PQgetvalue(res, 0, 0),
+				PQgetlength(res, 0, 0), headers);
+	AggrBufFree(&link);
+	PQclear(res);
+	return ret;
+}
+
+/* ---- GET /stats, GET /healthz ---- */
+
+static enum MHD_Result
+Stats(struct MHD_Connection *conn, Request *req)
+{
+	AggrDbError err = {0};
+	PGresult   *res = AggrDbExec(AGGR_STMT_STATS, NULL, NULL, NULL, &err);
+	enum MHD_Result ret;
+
+	if (res == NULL)
+	{
+		ret = ReplyDbError(conn, req, &err);
+		AggrDbErrorFree(&err);
+		return ret;
+	}
+	ret = Reply(conn, req, 200, json_type, PQgetvalue(res, 0, 0),
+				PQgetlength(res, 0, 0), NULL);
+	PQclear(res);
+	return ret;
+}
+
+static enum MHD_Result
+Healthz(struct MHD_Connection *conn, Request *req)
+{
+	static const Header retry[] = {{"Retry-After", "1"}, {NULL, NULL}};
+	AggrDbError err = {0};
+	PGresult   *res = AggrDbExec(AGGR_STMT_HEALTH, NULL, NULL, NULL, &err);
+	enum MHD_Result ret;
+	AggrBuf		body;
+
+	if (res != NULL)
+	{
+		bool		ok = PQgetvalue(res, 0, 1)[0] == 't';
+
+		ret = Reply(conn, req, ok ? 200 : 503, json_type,
+					PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0), NULL);
+		PQclear(res);
+		return ret;
+	}
+
+	AggrBufInit(&body, 256);
+	if (AggrDbIsConnectionError(&err))
+	{
+		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"down\",\"error\":");
+		AggrBufJsonString(&body, err.message);
+		AggrBufAppendStr(&body, "}");
+	}
+	else if (strcmp(err.sqlstate, "42883") == 0 ||
+			 strcmp(err.sqlstate, "3F000") == 0)
+		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"ok\",\"extension\":\"missing\"}");
+	else
+	{
+		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"ok\",\"error\":");
+		AggrBufJsonString(&body, err.message);
+		AggrBufAppendStr(&body, ",\"sqlstate\":");
+		AggrBufJsonString(&body, err.sqlstate);
+		AggrBufAppendStr(&body, "}");
+	}
+	ret = ReplyJson(conn, req, 503, &body,
+					AggrDbIsConnectionError(&err) ? retry : NULL);
+	AggrBufFree(&body);
+	AggrDbErrorFree(&err);
+	return ret;
+}
+
+/* ---- GET /metrics ---- */
+
+/* a Prometheus metric name from a stats key */
+static void
+AppendMetricName(AggrBuf *buf, const char *key)
+{
+	AggrBufAppendStr(buf, "aggr_");
+	for (const char *p = key; *p; p++)
+	{
+		char		c = *p;
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9')))
+			c = '_';
+		AggrBufAppend(buf, &c, 1);
+	}
+}
+
+static void
+AppendLabelValue(AggrBuf *buf, const char *s)
+{
+	for (const char *p = s; *p; p++)
+	{
+		if (*p == '\\' || *p == '"')
+			AggrBufAppend(buf, "\\", 1);
+		if (*p == '\n')
+			AggrBufAppendStr(buf, "\\n");
+		else
+			AggrBufAppend(buf, p, 1);
+	}
+}
+
+static bool
+IsCounterKey(const char *key)
+{
+	static const char *const counters[] = {
+		"received", "unique_processed", "duplicate_dropped", "rejected"
+	};
+
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		if (strcmp(key, counters[i]) == 0)
+			return true;
+	return false;
+}
+
+static enum MHD_Result
+Metrics(struct MHD_Connection *conn, Request *req)
+{
+	AggrDbError err = {0};
+	PGresult   *res = AggrDbExec(AGGR_STMT_METRICS, NULL, NULL, NULL, &err);
+	AggrBuf		body;
+	bool		topic_type_done = false;
+	enum MHD_Result ret;
+
+	AggrBufInit(&body, 4096);
+	AggrMetricsRender(&body);
+	AggrBufPrintf(&body,
+				  "# HELP aggr_database_up Whether aggr_stats() answered.\n"
+				  "# TYPE aggr_database_up gauge\n"
+				  "aggr_database_up %d\n", res != NULL);
+	for (int i = 0; res && i < PQntuples(res); i++)
+	{
+		const char *kind = PQgetvalue(res, i, 0);
+		const char *key = PQgetvalue(res, i, 1);
+		const char *value = PQgetvalue(res, i, 2);
+
+		if (PQgetisnull(res, i, 1) || PQgetisnull(res, i, 2))
+			continue;
+		if (kind[0] == 'n')
+		{
+			bool		counter = IsCounterKey(key);
+
+			AggrBufAppendStr(&body, "# TYPE ");
+			AppendMetricName(&body, key);
+			AggrBufPrintf(&body, "%s %s\n", counter ? "_total" : "",
+						  counter ? "counter" : "gauge");
+			AppendMetricName(&body, key);
+			AggrBufPrintf(&body, "%s %s\n", counter ? "_total" : "", value);
+		}
+		else
+		{
+			if (!topic_type_done)
+				AggrBufAppendStr(&body, "# TYPE aggr_topic_events gauge\n");
+			topic_type_done = true;
+			AggrBufAppendStr(&body, "aggr_topic_events{topic=\"");
+			AppendLabelValue(&body, key);
+			AggrBufPrintf(&body, "\"} %s\n", value);
+		}
+	}
+	ret = Reply(conn, req, 200, "text/plain; version=0.0.4; charset=utf-8",
+				body.data, body.len, NULL);
+	AggrBufFree(&body);
+	if (res)
+		PQclear(res);
+	AggrDbErrorFree(&err);
+	return ret;
+}
+
+/* ---- request lifecycle ---- */
+
+static Request *
+NewRequest(const char *url, const char *method)
+{
+	Request    *req = AggrMalloc(sizeof(Request));
+	size_t		len = strlen(url);
+
+	memset(req, 0, sizeof(*req));
+	req->start_us = AggrNowUs();
+	req->route = AGGR_ROUTE_OTHER;
+	req->accepted = -1;
+	snprintf(req->method, sizeof(req->method), "%s", method);
+	if (len > LOG_PATH_MAX)
+		len = LOG_PATH_MAX;
+	req->path = AggrMalloc(len + 1);
+	memcpy(req->path, url, len);
+	req->path[len] = '\0';
+	atomic_fetch_add(&inflight, 1);
+	return req;
+}
+
+/* first call: the headers are in, no body byte read yet */
+static enum MHD_Result
+StartRequest(struct MHD_Connection *conn, Request *req, const char *url,
+			 const char *method)
+{
+	const RouteDef *def = NULL;
+	bool		is_post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+	bool		is_get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+		strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (strcmp(url, routes[i].path) == 0)
+			def = &routes[i];
+	if (def == NULL)
+		return ReplyError(conn, req, 404, "not found", NULL);
+	req->route = def->route;
+	if (def->post ? !is_post : !is_get)
+	{
+		Header		allow[] = {{"Allow", def->post ? "POST" : "GET, HEAD"},
+		{NULL, NULL}};
+
+		return ReplyError(conn, req, 405, "method not allowed", allow);
+	}
+	if (def->post)
+		return PublishHeaders(conn, req);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+Handler(void *cls, struct MHD_Connection *conn, const char *url,
+		const char *method, const char *version, const char *upload_data,
+		size_t *upload_data_size, void **con_cls)
+{
+	Request    *req = *con_cls;
+
+	(void) cls;
+	(void) version;
+	if (req == NULL)
+	{
+		req = NewRequest(url, method);
+		*con_cls = req;
+		return StartRequest(conn, req, url, method);
+	}
+	if (*upload_data_size > 0)
+	{
+		if (req->body != NULL || req->too_large)
+			PublishAppend(req, upload_data, *upload_data_size);
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (req->responded)
+		return MHD_YES;
+	if (req->too_large)
+		return ReplyError(conn, req, 413, "request body too large", NULL);
+
+	switch (req->route)
+	{
+		case AGGR_ROUTE_PUBLISH:
+			return Publish(conn, req);
+		case AGGR_ROUTE_EVENTS:
+			return Events(conn, req);
+		case AGGR_ROUTE_STATS:
+			return Stats(conn, req);
+		case AGGR_ROUTE_HEALTHZ:
+			return Healthz(conn, req);
+		case AGGR_ROUTE_METRICS:
+			return Metrics(conn, req);
+		default:
+			return ReplyError(conn, req, 404, "not found", NULL);
+	}
+}
+
+/* one JSON access-log line, the metrics, and the end of the request */
+static void
+Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+		  enum MHD_RequestTerminationCode toe)
+{
+	Request    *req = *con_cls;
+	int64_t		duration_us;
+	AggrBuf		line;
+	char		now[40];
+
+	(void) cls;
+	(void) conn;
+	if (req == NULL)
+		return;
+	*con_cls = NULL;
+	duration_us = AggrNowUs() - req->start_us;
+	AggrMetricsRecord(req->route, req->status, duration_us, req->accepted);
+
+	AggrFormatUtcNow(now, sizeof(now));
+	AggrBufInit(&line, 256);
+	AggrBufPrintf(&line, "{\"time\":\"%s\",\"method\":", now);
+	AggrBufJsonString(&line, req->method);
+	AggrBufAppendStr(&line, ",\"path\":");
+	AggrBufJsonString(&line, req->path);
+	AggrBufPrintf(&line, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f",
+				  req->status, req->bytes, duration_us / 1000.0);
+	if (req->accepted >= 0)
+		AggrBufPrintf(&line, ",\"accepted\":%ld", req->accepted);
+	else
+		AggrBufAppendStr(&line, ",\"accepted\":null");
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		AggrBufPrintf(&line, ",\"terminated\":%d", (int) toe);
+	AggrBufAppendStr(&line, "}\n");
+	if (write(STDERR_FILENO, line.data, line.len) < 0)
+	{
+		/* nowhere left to report it */
+	}
+	AggrBufFree(&line);
+
+	free(req->body);
+	free(req->path);
+	free(req);
+	atomic_fetch_sub(&inflight, 1);
+}
+
+static void
+MhdLog(void *cls, const char *fmt, va_list ap)
+{
+	(void) cls;
+	AggrLogV("mhd", fmt, ap);
+}
+
+struct MHD_Daemon *
+AggrHttpStart(const void *sockaddr)
+{
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+		MHD_USE_ITC | MHD_USE_ERROR_LOG;
+
+	if (((const struct sockaddr *) sockaddr)->sa_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	return MHD_start_daemon(flags, 0, NULL, NULL, Handler, NULL,
+							MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
+							MHD_OPTION_SOCK_ADDR, sockaddr,
+							MHD_OPTION_THREAD_POOL_SIZE,
+							(unsigned int) aggr_config.threads,
+							MHD_OPTION_CONNECTION_LIMIT, aggr_config.max_conns,
+							MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+							aggr_config.max_conns_per_ip,
+							MHD_OPTION_CONNECTION_TIMEOUT,
+							aggr_config.client_timeout,
+							MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+							(size_t) 32 * 1024,
+							MHD_OPTION_NOTIFY_COMPLETED, Completed, NULL,
+							MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+							MHD_OPTION_STRICT_FOR_CLIENT, 1,
+							MHD_OPTION_END);
+}

@@ -1,0 +1,131 @@
+/*-------------------------------------------------------------------------
+ *
+ * sidecar.h
+ *	  What crosses the files of aggr-sidecar, the HTTP front door of aggr:
+ *	  the configuration (main.c), the per-thread libpq pool and the one
+ *	  SQLSTATE -> HTTP status table (db.c), the routes (http.c), the
+ *	  Prometheus counters (metrics.c) and small text helpers (util.c).
+ *
+ *	  The sidecar holds no business logic and no JSON parser: request
+ *	  bodies travel to PostgreSQL as parameters, and the JSON it answers
+ *	  with is rendered by SQL.  It only escapes strings it writes itself.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AGGR_SIDECAR_H
+#define AGGR_SIDECAR_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#define AGGR_SIDECAR_VERSION "0.1"
+
+/* configuration, filled by main.c from flags and the environment */
+typedef struct AggrConfig
+{
+	const char *listen;			/* "host:port", "[v6]:port" or ":port" */
+	const char *conninfo;		/* libpq URL or key=value string, may be "" */
+	const char *token;			/* bearer token for /publish, or NULL */
+	int			threads;		/* HTTP threads = database connections */
+	size_t		max_body;		/* bytes */
+	unsigned	max_conns;
+	unsigned	max_conns_per_ip;
+	unsigned	client_timeout; /* seconds a client may stay idle */
+	int			db_timeout_ms;	/* bound on one database round trip */
+} AggrConfig;
+
+extern AggrConfig aggr_config;
+
+/* util.c: growable byte buffer and escaping */
+typedef struct AggrBuf
+{
+	char	   *data;			/* always NUL-terminated */
+	size_t		len;
+	size_t		cap;
+} AggrBuf;
+
+extern void *AggrMalloc(size_t size);
+extern void *AggrRealloc(void *ptr, size_t size);
+extern char *AggrStrdup(const char *s);
+extern void AggrBufInit(AggrBuf *buf, size_t cap);
+extern void AggrBufAppend(AggrBuf *buf, const char *data, size_t len);
+extern void AggrBufAppendStr(AggrBuf *buf, const char *s);
+extern void AggrBufPrintf(AggrBuf *buf, const char *fmt,...)
+			__attribute__((format(printf, 2, 3)));
+extern void AggrBufJsonString(AggrBuf *buf, const char *s);
+extern void AggrBufUrlEncode(AggrBuf *buf, const char *s);
+extern void AggrBufFree(AggrBuf *buf);
+extern bool AggrParseInt64(const char *s, int64_t *out);
+extern int64_t AggrNowUs(void);
+extern void AggrFormatUtcNow(char *out, size_t outlen);
+extern void AggrLog(const char *level, const char *fmt,...)
+			__attribute__((format(printf, 2, 3)));
+extern void AggrLogV(const char *level, const char *fmt, va_list ap);
+
+/* db.c: the statements the sidecar runs, one prepared set per thread */
+typedef enum AggrStmt
+{
+	AGGR_STMT_PUBLISH,
+	AGGR_STMT_EVENTS,
+	AGGR_STMT_STATS,
+	AGGR_STMT_HEALTH,
+	AGGR_STMT_METRICS,
+	AGGR_NUM_STMTS
+} AggrStmt;
+
+/* why a statement failed; strings are malloc'd */
+typedef struct AggrDbError
+{
+	char		sqlstate[6];
+	char	   *message;
+	char	   *detail;
+	char	   *hint;
+} AggrDbError;
+
+/* one row of the SQLSTATE -> HTTP table */
+typedef struct AggrErrorMap
+{
+	const char *sqlstate;		/* 5 characters, or a 2-character class */
+	int			http_status;
+	bool		retry_after;	/* answer with Retry-After */
+	bool		retry_stmt;		/* run the statement again, up to 3 times */
+} AggrErrorMap;
+
+extern void AggrDbInit(int nthreads);
+extern void AggrDbShutdown(void);
+extern PGresult *AggrDbExec(AggrStmt stmt, const char *const *values,
+							const int *lengths, const int *formats,
+							AggrDbError *err);
+extern void AggrDbErrorFree(AggrDbError *err);
+extern const AggrErrorMap *AggrSqlstateLookup(const char *sqlstate);
+extern void AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err);
+extern bool AggrDbIsConnectionError(const AggrDbError *err);
+
+/* metrics.c */
+typedef enum AggrRoute
+{
+	AGGR_ROUTE_PUBLISH,
+	AGGR_ROUTE_EVENTS,
+	AGGR_ROUTE_STATS,
+	AGGR_ROUTE_HEALTHZ,
+	AGGR_ROUTE_METRICS,
+	AGGR_ROUTE_OTHER,
+	AGGR_NUM_ROUTES
+} AggrRoute;
+
+extern const char *AggrRouteName(AggrRoute route);
+extern void AggrMetricsRecord(AggrRoute route, int status, int64_t duration_us,
+							  long accepted);
+extern void AggrMetricsRender(AggrBuf *buf);
+
+/* http.c */
+struct MHD_Daemon;
+extern struct MHD_Daemon *AggrHttpStart(const void *sockaddr);
+extern long AggrHttpInflight(void);
+extern void AggrHttpBeginShutdown(void);
+
+#endif							/* AGGR_SIDECAR_H */
