@@ -344,7 +344,6 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 	const StmtDef *def = &stmt_defs[stmt];
 	int64_t		deadline = AggrNowUs() + (int64_t) aggr_config.db_timeout_ms * 1000;
 	PGresult   *res = NULL;
-	PGresult   *extra;
 	bool		sent;
 
 	if (!slot->prepared[stmt])
@@ -353,18 +352,41 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 	else
 		sent = PQsendQueryPrepared(slot->conn, def->name, def->nparams,
 								   values, lengths, formats, 0);
-	if (!sent || !WaitForResult(slot->conn, deadline))
+
+	/*
+	 * Collect every result, each wait bounded.  An error can follow the
+	 * rows (aggr_publish queues on the broker at commit, after its result
+	 * was sent): an error result wins.
+	 */
+	while (sent)
 	{
-		SetError(err, "08006", sent ? "database did not answer in time" :
-				 PQerrorMessage(slot->conn), NULL, NULL);
+		PGresult   *next;
+
+		if (!WaitForResult(slot->conn, deadline))
+		{
+			PQclear(res);
+			SetError(err, "08006", "database did not answer in time",
+					 NULL, NULL);
+			DropConnection(slot);
+			return NULL;
+		}
+		if ((next = PQgetResult(slot->conn)) == NULL)
+			break;
+		if (res == NULL || PQresultStatus(next) == PGRES_FATAL_ERROR)
+		{
+			PQclear(res);
+			res = next;
+		}
+		else
+			PQclear(next);
+	}
+	if (!sent)
+	{
+		SetError(err, "08006", PQerrorMessage(slot->conn), NULL, NULL);
 		DropConnection(slot);
 		return NULL;
 	}
-	res = PQgetResult(slot->conn);
-	while ((extra = PQgetResult(slot->conn)) != NULL)
-		PQclear(extra);
-
-	if (PQresultStatus(res) == PGRES_FATAL_ERROR || res == NULL)
+	if (res == NULL || PQresultStatus(res) == PGRES_FATAL_ERROR)
 	{
 		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
