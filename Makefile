@@ -1,0 +1,63 @@
+# aggr: PGXS build of the extension (extension/ + bgworker/ -> aggr.so), the
+# two programs (sidecar/, publisher/), and the project's commands.
+
+EXTENSION = aggr
+MODULE_big = aggr
+OBJS = \
+	extension/aggr.o \
+	extension/validate.o \
+	extension/ingest.o \
+	extension/broker.o \
+	extension/stats.o \
+	bgworker/consumer.o
+DATA = extension/aggr--0.1.sql
+PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
+
+REGRESS = validate ingest query stats privileges
+ISOLATION = ingest_race stats_race
+TAP_TESTS = 1
+
+# Our code is warning-free; PostgreSQL's headers trip -Wextra's noisier checks.
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
+	-Wno-sign-compare -Wno-cast-function-type
+SHLIB_LINK = -lhiredis
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+BINDIR ?= /usr/local/bin
+
+all: programs
+programs:
+	$(MAKE) -C sidecar
+	$(MAKE) -C publisher
+
+install: install-programs
+install-programs: programs
+	$(MAKE) -C sidecar install BINDIR=$(BINDIR)
+	$(MAKE) -C publisher install BINDIR=$(BINDIR)
+
+clean: clean-programs
+clean-programs:
+	-$(MAKE) -C sidecar clean
+	-$(MAKE) -C publisher clean
+
+# The TAP suite alone (PROVE_TESTS='t/010_x.pl' picks files); make test runs it.
+installcheck-tap:
+	$(prove_installcheck)
+
+# make test: the whole suite on throwaway servers (tools/test.sh says how).
+test:
+	bash tools/test.sh
+
+demo:
+	bash tools/demo.sh
+
+demo-stop:
+	bash tools/demo.sh stop
+
+bench:
+	bash bench/run.sh
+
+.PHONY: installcheck-tap programs install-programs clean-programs test demo demo-stop bench

@@ -1,0 +1,659 @@
+/*
+ * consumer.c
+ *		The consumer background workers: take a batch of elements from the
+ *		Redis queue, ingest it through the ingest core in one transaction,
+ *		then acknowledge it.
+ *
+ * Protocol of consumer k, with Q = aggr.queue_key:
+ *   Q:processing:k   elements k has taken and not yet acknowledged
+ *   Q:token:k        the random token that names that batch
+ * 1. Take.  BLMOVE one element from Q to the processing list (waiting on the
+ *    socket and the latch, so SIGTERM and SIGHUP are honoured at once), then
+ *    one script moves up to aggr.batch_size - 1 more and sets a token if none
+ *    is set.  A crash at any instant leaves every element in Redis.
+ * 2. Ingest.  One transaction stores the events, dead-letters the elements
+ *    that are not valid events into aggr.rejected, and records the token as
+ *    aggr.consumers.last_token of slot k.  It commits with synchronous_commit
+ *    on: an acknowledgement must never outlive a lost commit.
+ * 3. Acknowledge.  One script deletes the processing list and the token, if
+ *    the token is still the one that was ingested.
+ * A consumer whose processing list is not empty (it died, or lost Redis, after
+ * taking) first asks whether that token was committed: if so it only
+ * acknowledges, so a redelivery never counts an event twice; if not it
+ * ingests the list again.  Consumer 1 also adopts the lists of slots above
+ * aggr.worker_count, left behind when the pool shrank.
+ */
+#include "postgres.h"
+
+#include "../extension/aggr.h"
+
+#include <hiredis/hiredis.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
+
+/* Longest wait between retries after a failure. */
+#define AGGR_MAX_BACKOFF_MS 5000
+
+static const char *const take_script =
+"local tok = redis.call('GET', KEYS[3]) "
+"local list = redis.call('LRANGE', KEYS[2], 0, -1) "
+"if ARGV[3] == '1' then "
+"  local want = tonumber(ARGV[2]) - #list "
+"  if want > 0 then "
+"    local items = redis.call('LRANGE', KEYS[1], 0, want - 1) "
+"    if #items > 0 then "
+"      redis.call('LTRIM', KEYS[1], #items, -1) "
+"      for i = 1, #items, 1000 do "
+"        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) "
+"      end "
+"      list = redis.call('LRANGE', KEYS[2], 0, -1) "
+"    end "
+"  end "
+"end "
+"if #list > 0 and not tok then tok = ARGV[1] redis.call('SET', KEYS[3], tok) end "
+"return {tok or '', list}";
+
+static const char *const ack_script =
+"if redis.call('GET', KEYS[2]) == ARGV[1] then "
+"  redis.call('DEL', KEYS[1], KEYS[2]) return 1 "
+"end "
+"return 0";
+
+/* One taken batch, copied out of hiredis memory. */
+typedef struct TakenBatch
+{
+	char	   *token;
+	int			nelements;
+	char	  **elements;
+	int		   *lengths;
+} TakenBatch;
+
+static int	my_slot;			/* 1-based */
+static redisContext *redis = NULL;
+static bool broker_was_down = false;
+static int	backoff_ms = 0;
+
+static void
+CloseRedis(int code, Datum arg)
+{
+	if (redis != NULL)
+		redisFree(redis);
+	redis = NULL;
+	if (aggr_shared != NULL)
+	{
+		LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
+		aggr_shared->workers[my_slot - 1].pid = 0;
+		LWLockRelease(aggr_shared->lock);
+	}
+}
+
+static void
+SetBrokerUp(bool up)
+{
+	LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
+	aggr_shared->workers[my_slot - 1].broker_up = up;
+	LWLockRelease(aggr_shared->lock);
+}
+
+/* Logs a broker failure once per outage, drops the connection. */
+static void
+BrokerFailed(const char *what)
+{
+	if (!broker_was_down)
+		ereport(LOG,
+				(errmsg("aggr consumer %d: lost the broker: %s", my_slot, what),
+				 errdetail("Taken elements stay in Redis; retrying with backoff.")));
+	broker_was_down = true;
+	if (redis != NULL)
+		redisFree(redis);
+	redis = NULL;
+	SetBrokerUp(false);
+}
+
+/* Sleeps on the latch, doubling the backoff up to its cap. */
+static void
+Backoff(void)
+{
+	backoff_ms = Min(Max(backoff_ms * 2, 100), AGGR_MAX_BACKOFF_MS);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 backoff_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+static bool
+EnsureRedis(void)
+{
+	char	   *error;
+
+	if (redis != NULL)
+		return true;
+	redis = AggrRedisConnect(&error);
+	if (redis == NULL)
+	{
+		BrokerFailed(error);
+		return false;
+	}
+	if (broker_was_down)
+		ereport(LOG, (errmsg("aggr consumer %d: broker reachable again", my_slot)));
+	broker_was_down = false;
+	SetBrokerUp(true);
+	return true;
+}
+
+static char *
+KeyFor(const char *what, int slot)
+{
+	return psprintf("%s:%s:%d", aggr_queue_key, what, slot);
+}
+
+/*
+ * Runs the take script for a slot: with move, tops the processing list up
+ * from the queue.  Returns false when the broker failed.
+ */
+static bool
+RunTake(int slot, bool move, TakenBatch *batch)
+{
+	char		token_buf[33];
+	uint8		random_bytes[16];
+	char		size_buf[16];
+	const char *argv[9];
+	redisReply *reply;
+
+	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
+		elog(ERROR, "could not generate a batch token");
+	hex_encode((char *) random_bytes, sizeof(random_bytes), token_buf);
+	token_buf[32] = '\0';
+	snprintf(size_buf, sizeof(size_buf), "%d", aggr_batch_size);
+
+	argv[0] = "EVAL";
+	argv[1] = take_script;
+	argv[2] = "3";
+	argv[3] = aggr_queue_key;
+	argv[4] = KeyFor("processing", slot);
+	argv[5] = KeyFor("token", slot);
+	argv[6] = token_buf;
+	argv[7] = size_buf;
+	argv[8] = move ? "1" : "0";
+	reply = redisCommandArgv(redis, 9, argv, NULL);
+	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+		reply->element[1]->type != REDIS_REPLY_ARRAY)
+	{
+		char	   *why = pstrdup(reply == NULL ? redis->errstr :
+								  reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+
+		if (reply)
+			freeReplyObject(reply);
+		BrokerFailed(why);
+		return false;
+	}
+
+	/* copy out of hiredis memory before anything can raise */
+	batch->token = pstrdup(reply->element[0]->str);
+	batch->nelements = reply->element[1]->elements;
+	batch->elements = palloc(sizeof(char *) * Max(batch->nelements, 1));
+	batch->lengths = palloc(sizeof(int) * Max(batch->nelements, 1));
+	for (int i = 0; i < batch->nelements; i++)
+	{
+		redisReply *e = reply->element[1]->element[i];
+
+		batch->lengths[i] = (int) e->len;
+		batch->elements[i] = palloc(e->len + 1);
+		memcpy(batch->elements[i], e->str, e->len);
+		batch->elements[i][e->len] = '\0';
+	}
+	freeReplyObject(reply);
+	return true;
+}
+
+static bool
+Acknowledge(int slot, const char *token)
+{
+	const char *argv[6] = {"EVAL", ack_script, "2", KeyFor("processing", slot),
+	KeyFor("token", slot), token};
+	redisReply *reply = redisCommandArgv(redis, 6, argv, NULL);
+	bool		ok = (reply != NULL && reply->type == REDIS_REPLY_INTEGER);
+
+	if (reply)
+		freeReplyObject(reply);
+	if (!ok)
+		BrokerFailed("the acknowledgement failed");
+	return ok;
+}
+
+/*
+ * Waits for the first element of a batch: BLMOVE from the queue to the
+ * processing list, sent without blocking, then a wait on the latch and the
+ * socket.  Returns true when an element arrived, false on a timeout, a
+ * signal or a broker failure (the caller loops).  If the reply is lost the
+ * element is still in the processing list and is found by the next take.
+ */
+static bool
+WaitForElement(void)
+{
+	int			timeout_ms = aggr_poll_interval;
+	int			done = 0;
+	char		timeout_buf[32];
+	void	   *reply = NULL;
+
+	snprintf(timeout_buf, sizeof(timeout_buf), "%.3f", timeout_ms / 1000.0);
+	if (redisAppendCommand(redis, "BLMOVE %s %s LEFT RIGHT %s", aggr_queue_key,
+						   KeyFor("processing", my_slot), timeout_buf) != REDIS_OK)
+	{
+		BrokerFailed(redis->errstr);
+		return false;
+	}
+	while (!done)
+		if (redisBufferWrite(redis, &done) != REDIS_OK)
+		{
+			BrokerFailed(redis->errstr);
+			return false;
+		}
+
+	for (;;)
+	{
+		int			rc;
+
+		if (redisReaderGetReply(redis->reader, &reply) != REDIS_OK)
+		{
+			BrokerFailed("unreadable reply to BLMOVE");
+			return false;
+		}
+		if (reply != NULL)
+			break;
+
+		/* the server answers by timeout_ms; silence for longer means a lost reply */
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   redis->fd, timeout_ms + 5000, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & WL_TIMEOUT)
+		{
+			BrokerFailed("no answer to BLMOVE");
+			return false;
+		}
+		if ((rc & WL_SOCKET_READABLE) && redisBufferRead(redis) != REDIS_OK)
+		{
+			BrokerFailed(redis->errstr);
+			return false;
+		}
+	}
+
+	{
+		redisReply *r = reply;
+		bool		got = (r->type == REDIS_REPLY_STRING);
+		bool		failed = (r->type == REDIS_REPLY_ERROR);
+		char	   *why = failed ? pstrdup(r->str) : NULL;
+
+		freeReplyObject(r);
+		if (failed)
+			BrokerFailed(why);
+		return got;
+	}
+}
+
+/*
+ * Turns one element into an event of the batch, or returns why it cannot be
+ * one.  jsonb_in may raise; the caller handles that.
+ */
+static const char *
+ConvertElement(const char *raw, int len, AggrBatch *batch)
+{
+	Jsonb	   *jb;
+
+	if ((int) strlen(raw) != len)
+		return "element contains a NUL byte";
+	if (!pg_verifymbstr(raw, len, true))
+		return "element is not valid in the database encoding";
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(raw)));
+	return AggrCheckEvent(&jb->root, batch);
+}
+
+typedef struct Rejects
+{
+	int			n;
+	Datum	   *raw;			/* bytea */
+	Datum	   *reason;			/* text */
+} Rejects;
+
+static void
+AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), raw, len);
+	rejects->raw[rejects->n] = PointerGetDatum(b);
+	rejects->reason[rejects->n] = PointerGetDatum(cstring_to_text(reason));
+	rejects->n++;
+}
+
+/*
+ * Converts every element.  The fast path runs them all in one subtransaction;
+ * if anything raises (invalid JSON, say), it starts over with one
+ * subtransaction per element so only the poison is dead-lettered.
+ */
+static void
+ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	rejects->raw = palloc(sizeof(Datum) * Max(taken->nelements, 1));
+	rejects->reason = palloc(sizeof(Datum) * Max(taken->nelements, 1));
+
+	for (volatile int per_element = 0; per_element <= 1; per_element++)
+	{
+		volatile bool failed = false;
+
+		AggrBatchInit(batch, Max(taken->nelements, 1));
+		rejects->n = 0;
+		for (volatile int i = 0; i < taken->nelements && !failed; i++)
+		{
+			if (per_element || i == 0)
+			{
+				BeginInternalSubTransaction(NULL);
+				MemoryContextSwitchTo(context);
+			}
+			PG_TRY();
+			{
+				const char *reason = ConvertElement(taken->elements[i], taken->lengths[i], batch);
+
+				if (reason != NULL)
+					AddReject(rejects, taken->elements[i], taken->lengths[i], reason);
+				if (per_element || i == taken->nelements - 1)
+				{
+					ReleaseCurrentSubTransaction();
+					MemoryContextSwitchTo(context);
+					CurrentResourceOwner = owner;
+				}
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(context);
+				edata = CopyErrorData();
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				MemoryContextSwitchTo(context);
+				CurrentResourceOwner = owner;
+				if (per_element)
+					AddReject(rejects, taken->elements[i], taken->lengths[i], edata->message);
+				else
+					failed = true;
+				FreeErrorData(edata);
+			}
+			PG_END_TRY();
+		}
+		if (!failed)
+			return;
+	}
+}
+
+static bool
+TokenCommitted(int slot, const char *token)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(slot), CStringGetTextDatum(token)};
+	int			ret = SPI_execute_with_args("SELECT 1 FROM aggr.consumers"
+											" WHERE consumer = $1 AND last_token = $2",
+											2, types, values, NULL, true, 1);
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read aggr.consumers: %d", ret);
+	return SPI_processed > 0;
+}
+
+static void
+RecordBatch(int slot, const char *token, int nelements, const Rejects *rejects)
+{
+	Oid			types[3] = {INT4OID, TEXTOID, INT8OID};
+	Datum		values[3] = {Int32GetDatum(slot), CStringGetTextDatum(token),
+	Int64GetDatum(nelements)};
+
+	if (rejects->n > 0)
+	{
+		Oid			rtypes[3] = {BYTEAARRAYOID, TEXTARRAYOID, INT4OID};
+		Datum		rvalues[3] = {
+			PointerGetDatum(construct_array(rejects->raw, rejects->n, BYTEAOID, -1, false, TYPALIGN_INT)),
+			PointerGetDatum(construct_array(rejects->reason, rejects->n, TEXTOID, -1, false, TYPALIGN_INT)),
+		Int32GetDatum(slot)};
+
+		if (SPI_execute_with_args("INSERT INTO aggr.rejected (raw, reason, consumer)"
+								  " SELECT r.raw, r.reason, $3"
+								  " FROM unnest($1, $2) AS r(raw, reason)",
+								  3, rtypes, rvalues, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into aggr.rejected");
+	}
+	if (SPI_execute_with_args("INSERT INTO aggr.consumers AS c"
+							  " (consumer, last_token, batches, events, updated_at)"
+							  " VALUES ($1, $2, 1, $3, pg_catalog.now())"
+							  " ON CONFLICT (consumer) DO UPDATE SET"
+							  " last_token = excluded.last_token, batches = c.batches + 1,"
+							  " events = c.events + excluded.events, updated_at = excluded.updated_at",
+							  3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not update aggr.consumers");
+}
+
+static void
+MaybeCrash(int point)
+{
+	if (aggr_test_crash_point == point)
+	{
+		ereport(LOG, (errmsg("aggr consumer %d: exiting at test crash point %d", my_slot, point)));
+		proc_exit(1);
+	}
+}
+
+/*
+ * Ingests a taken batch of slot k (normally my own) in one transaction,
+ * unless its token shows it was committed already; then acknowledges it.
+ */
+static void
+ProcessBatch(int slot, TakenBatch *taken)
+{
+	AggrBatch	batch;
+	AggrIngestResult result = {0};
+	Rejects		rejects = {0};
+	bool		already;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "aggr consumer: ingesting a batch");
+
+	already = TokenCommitted(slot, taken->token);
+	if (!already)
+	{
+		ConvertElements(taken, &batch, &rejects);
+		if (batch.nevents > 0)
+			AggrIngestBatch(&batch, &result);
+		RecordBatch(slot, taken->token, taken->nelements, &rejects);
+	}
+	MaybeCrash(1);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MaybeCrash(2);
+
+	if (already)
+		ereport(LOG,
+				(errmsg("aggr consumer %d: batch %s of slot %d was committed before; acknowledging it only",
+						my_slot, taken->token, slot)));
+	else
+	{
+		AggrWorkerSlot *w = &aggr_shared->workers[my_slot - 1];
+
+		LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
+		w->batches++;
+		w->events += taken->nelements;
+		w->rejected += rejects.n;
+		w->last_commit = GetCurrentTimestamp();
+		LWLockRelease(aggr_shared->lock);
+	}
+
+	if (Acknowledge(slot, taken->token))
+		MaybeCrash(3);
+}
+
+/* Checks, in a transaction of its own, that CREATE EXTENSION aggr was run. */
+static bool
+ExtensionInstalled(void)
+{
+	bool		installed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	installed = OidIsValid(get_extension_oid("aggr", true));
+	CommitTransactionCommand();
+	return installed;
+}
+
+/*
+ * One step of the loop: finish the processing list of the slot if it holds
+ * anything, else wait for an element and take a batch.
+ */
+static void
+ConsumeOnce(int slot, bool may_wait)
+{
+	TakenBatch	taken;
+
+	if (!RunTake(slot, false, &taken))
+		return;
+	if (taken.nelements == 0)
+	{
+		if (!may_wait || !WaitForElement() || !RunTake(slot, true, &taken) ||
+			taken.nelements == 0)
+			return;
+	}
+	ProcessBatch(slot, &taken);
+}
+
+void
+AggrConsumerMain(Datum main_arg)
+{
+	MemoryContext loop_context;
+	volatile bool extension_ready = false;
+	volatile bool warned_missing = false;
+
+	my_slot = DatumGetInt32(main_arg);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(aggr_database, NULL, 0);
+	SetConfigOption("application_name", MyBgworkerEntry->bgw_name, PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(MyBgworkerEntry->bgw_name);
+
+	LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
+	aggr_shared->workers[my_slot - 1].pid = MyProcPid;
+	aggr_shared->workers[my_slot - 1].started_at = GetCurrentTimestamp();
+	LWLockRelease(aggr_shared->lock);
+	on_shmem_exit(CloseRedis, (Datum) 0);
+
+	loop_context = AllocSetContextCreate(TopMemoryContext, "aggr consumer loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("aggr consumer %d started on queue \"%s\"", my_slot, aggr_queue_key)));
+
+	for (;;)
+	{
+		volatile bool failed = false;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextSwitchTo(loop_context);
+		MemoryContextReset(loop_context);
+
+		PG_TRY();
+		{
+			if (!extension_ready)
+			{
+				extension_ready = ExtensionInstalled();
+				if (!extension_ready && !warned_missing)
+					ereport(LOG,
+							(errmsg("aggr consumer %d: extension aggr is not installed in database \"%s\"; waiting",
+									my_slot, aggr_database)));
+				warned_missing = !extension_ready;
+			}
+			if (extension_ready && EnsureRedis())
+			{
+				/* consumer 1 adopts what slots beyond the pool left behind */
+				if (my_slot == 1)
+					for (int slot = aggr_worker_count + 1; slot <= AGGR_MAX_WORKERS && redis; slot++)
+						ConsumeOnce(slot, false);
+				if (redis)
+					ConsumeOnce(my_slot, true);
+			}
+			failed = (!extension_ready || redis == NULL);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(loop_context);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			pgstat_report_activity(STATE_IDLE, NULL);
+			extension_ready = false;
+			failed = true;
+		}
+		PG_END_TRY();
+
+		if (failed)
+			Backoff();
+		else
+			backoff_ms = 0;
+	}
+}
+
+/* Registers aggr.worker_count consumers; called from _PG_init at preload. */
+void
+AggrRegisterConsumers(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "aggr");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "AggrConsumerMain");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "aggr consumer");
+	for (int i = 1; i <= aggr_worker_count; i++)
+	{
+		snprintf(worker.bgw_name, BGW_MAXLEN, "aggr consumer %d", i);
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
+}

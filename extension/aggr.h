@@ -1,0 +1,100 @@
+/*
+ * aggr.h
+ *		What crosses files in aggr: settings, the validated batch, the ingest
+ *		core, the broker client and the shared state of the consumers.
+ */
+#ifndef AGGR_H
+#define AGGR_H
+
+#include "postgres.h"
+
+#include "storage/lwlock.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/* A string field (topic, event_id, source) holds 1 to this many characters. */
+#define AGGR_FIELD_MAX_CHARS 128
+
+/* Counter rows are spread over this many shards so writers rarely share one. */
+#define AGGR_COUNTER_SHARDS 16
+
+/* Upper bound of aggr.worker_count; shared memory is sized for it. */
+#define AGGR_MAX_WORKERS 64
+
+/* Settings (aggr.c) */
+extern int	aggr_max_request_events;
+extern char *aggr_broker_url;
+extern char *aggr_queue_key;
+extern int	aggr_worker_count;
+extern int	aggr_queue_maxsize;
+extern int	aggr_poll_interval;
+extern int	aggr_batch_size;
+extern char *aggr_database;
+extern int	aggr_test_crash_point;
+
+/*
+ * A batch of validated events, column by column, as the ingest statement
+ * takes them (text, text, timestamptz, text, jsonb).
+ */
+typedef struct AggrBatch
+{
+	int			nevents;
+	int			capacity;
+	Datum	   *topics;
+	Datum	   *event_ids;
+	Datum	   *timestamps;
+	Datum	   *sources;
+	Datum	   *payloads;
+} AggrBatch;
+
+typedef struct AggrIngestResult
+{
+	int64		received;
+	int64		unique;
+	int64		duplicates;
+} AggrIngestResult;
+
+/* validate.c */
+extern void AggrBatchInit(AggrBatch *batch, int capacity);
+extern const char *AggrCheckEvent(JsonbContainer *event, AggrBatch *batch);
+extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch);
+extern bool AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result);
+
+/* ingest.c */
+extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
+extern Jsonb *AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted,
+									bool queued);
+
+/* broker.c */
+struct redisContext;
+extern struct redisContext *AggrRedisConnect(char **error);
+extern void AggrBrokerInit(void);
+extern void AggrEnqueueBatch(Jsonb *request, int nevents);
+extern bool AggrBrokerConfigured(void);
+extern int64 AggrQueueDepth(char **error);
+
+/* shared state of the consumers (bgworker/consumer.c) */
+typedef struct AggrWorkerSlot
+{
+	pid_t		pid;			/* 0 when not running */
+	int64		batches;		/* committed batches since start of the slot */
+	int64		events;			/* committed elements since start of the slot */
+	int64		rejected;		/* elements sent to aggr.rejected */
+	TimestampTz last_commit;
+	TimestampTz started_at;
+	bool		broker_up;
+} AggrWorkerSlot;
+
+typedef struct AggrSharedState
+{
+	LWLock	   *lock;
+	AggrWorkerSlot workers[AGGR_MAX_WORKERS];
+} AggrSharedState;
+
+extern AggrSharedState *aggr_shared;
+extern int	AggrLiveWorkerCount(void);
+extern void AggrRegisterConsumers(void);
+extern void AggrShmemRequest(void);
+extern void AggrShmemStartup(void);
+
+#endif							/* AGGR_H */

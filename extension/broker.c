@@ -1,0 +1,344 @@
+/*
+ * broker.c
+ *		The Redis client of aggr: connecting from a URL, and the publishing
+ *		side of broker mode.
+ *
+ * aggr_publish() in broker mode validates the request, then keeps the events
+ * in transaction memory; they are pushed at PRE_COMMIT, so a publish whose
+ * transaction (or subtransaction) rolls back leaves nothing on the queue, and
+ * a push that fails (queue full, broker down) aborts the transaction, so the
+ * caller never sees success for events that are not in Redis.  The push is one
+ * Lua script: the bound check and the RPUSH are atomic, and either every event
+ * of the transaction is queued or none is.  Each event is its own list element,
+ * plain event JSON, exactly what other producers (Filebeat, Vector, Logstash)
+ * push; the consumers need nothing more to count exactly (see consumer.c).
+ */
+#include "postgres.h"
+
+#include "aggr.h"
+
+#include <hiredis/hiredis.h>
+
+#include "access/xact.h"
+#include "utils/memutils.h"
+
+/* Backend-local connection for publishing and stats; reopened after errors. */
+static redisContext *publish_conn = NULL;
+
+typedef struct PendingEvents
+{
+	int			nest_level;		/* subtransaction that published them */
+	int			nevents;
+	char	  **events;			/* JSON text of each event */
+	size_t	   *lengths;
+	struct PendingEvents *next;
+} PendingEvents;
+
+static PendingEvents *pending = NULL;	/* in TopTransactionContext */
+static int	pending_count = 0;
+
+/*
+ * The bounded push.  KEYS[1] queue; ARGV[1] bound (0 = none); ARGV[2..] the
+ * events.  Returns the new length, or -(current length) - 1 when full.
+ * unpack() is chunked because Lua's C stack holds about 8000 values.
+ */
+static const char *const push_script =
+"local n = #ARGV - 1 "
+"local len = redis.call('LLEN', KEYS[1]) "
+"local bound = tonumber(ARGV[1]) "
+"if bound > 0 and len + n > bound then return -len - 1 end "
+"for i = 2, #ARGV, 1000 do "
+"  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) "
+"end "
+"return len + n";
+
+/*
+ * Connects to aggr.broker_url with bounded connect and command timeouts.
+ * Returns NULL and a message on failure; never raises.
+ */
+redisContext *
+AggrRedisConnect(char **error)
+{
+	char	   *url = pstrdup(aggr_broker_url);
+	char	   *host = url;
+	char	   *password = NULL;
+	char	   *user = NULL;
+	char	   *at;
+	char	   *colon;
+	char	   *slash;
+	int			port = 6379;
+	int			db = 0;
+	struct timeval connect_timeout = {1, 0};
+	struct timeval command_timeout = {5, 0};
+	redisContext *c;
+	redisReply *reply;
+
+	if (strncmp(host, "redis://", 8) != 0)
+	{
+		*error = psprintf("aggr.broker_url must start with redis://, not \"%s\"", aggr_broker_url);
+		return NULL;
+	}
+	host += 8;
+	if ((at = strrchr(host, '@')) != NULL)
+	{
+		*at = '\0';
+		password = host;
+		if ((colon = strchr(password, ':')) != NULL)
+		{
+			*colon = '\0';
+			user = password[0] ? password : NULL;
+			password = colon + 1;
+		}
+		host = at + 1;
+	}
+	if ((slash = strchr(host, '/')) != NULL)
+	{
+		*slash = '\0';
+		if (slash[1] != '\0')
+			db = atoi(slash + 1);
+	}
+	if ((colon = strrchr(host, ':')) != NULL)
+	{
+		*colon = '\0';
+		port = atoi(colon + 1);
+	}
+	if (host[0] == '\0')
+		host = "127.0.0.1";
+
+	c = redisConnectWithTimeout(host, port, connect_timeout);
+	if (c == NULL || c->err)
+	{
+		*error = psprintf("could not connect to Redis at %s:%d: %s", host, port,
+						  c ? c->errstr : "out of memory");
+		if (c)
+			redisFree(c);
+		return NULL;
+	}
+	redisSetTimeout(c, command_timeout);
+	redisEnableKeepAlive(c);
+
+	reply = NULL;
+	if (password != NULL && password[0] != '\0')
+		reply = user ? redisCommand(c, "AUTH %s %s", user, password)
+			: redisCommand(c, "AUTH %s", password);
+	if (reply == NULL && password != NULL && password[0] != '\0')
+		*error = psprintf("Redis AUTH failed: %s", c->errstr);
+	else if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+		*error = psprintf("Redis AUTH failed: %s", reply->str);
+	else
+		*error = NULL;
+	if (reply)
+		freeReplyObject(reply);
+	if (*error == NULL && db != 0)
+	{
+		reply = redisCommand(c, "SELECT %d", db);
+		if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+			*error = psprintf("Redis SELECT %d failed: %s", db,
+							  reply ? reply->str : c->errstr);
+		if (reply)
+			freeReplyObject(reply);
+	}
+	if (*error != NULL)
+	{
+		redisFree(c);
+		return NULL;
+	}
+	return c;
+}
+
+/*
+ * Runs one command on the publishing connection, connecting (or reconnecting
+ * once, after a dropped connection) as needed.  Returns the reply, which the
+ * caller frees, or NULL with a message.
+ */
+static redisReply *
+PublishCommand(char **error, int argc, const char **argv, const size_t *argvlen)
+{
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		redisReply *reply;
+
+		if (publish_conn == NULL &&
+			(publish_conn = AggrRedisConnect(error)) == NULL)
+			return NULL;
+		reply = redisCommandArgv(publish_conn, argc, argv, argvlen);
+		if (reply != NULL)
+			return reply;
+		*error = psprintf("Redis command failed: %s", publish_conn->errstr);
+		redisFree(publish_conn);
+		publish_conn = NULL;
+	}
+	return NULL;
+}
+
+/* Length of the queue, or -1 with a message when the broker is unreachable. */
+int64
+AggrQueueDepth(char **error)
+{
+	const char *argv[2] = {"LLEN", aggr_queue_key};
+	redisReply *reply = PublishCommand(error, 2, argv, NULL);
+	int64		depth = -1;
+
+	if (reply == NULL)
+		return -1;
+	if (reply->type == REDIS_REPLY_INTEGER)
+		depth = reply->integer;
+	else
+		*error = psprintf("unexpected reply to LLEN: %s",
+						  reply->type == REDIS_REPLY_ERROR ? reply->str : "not an integer");
+	freeReplyObject(reply);
+	return depth;
+}
+
+/*
+ * Queues a validated request: its events are kept until PRE_COMMIT.
+ * The events are copied as JSON text, one per element.
+ */
+void
+AggrEnqueueBatch(Jsonb *request, int nevents)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	PendingEvents *chunk = palloc(sizeof(PendingEvents));
+
+	chunk->nest_level = GetCurrentTransactionNestLevel();
+	chunk->nevents = nevents;
+	chunk->events = palloc(sizeof(char *) * nevents);
+	chunk->lengths = palloc(sizeof(size_t) * nevents);
+	for (int i = 0; i < nevents; i++)
+	{
+		JsonbContainer *event = &request->root;
+
+		if (JB_ROOT_IS_ARRAY(request))
+			event = getIthJsonbValueFromContainer(&request->root, i)->val.binary.data;
+		chunk->events[i] = JsonbToCString(NULL, event, VARSIZE(request));
+		chunk->lengths[i] = strlen(chunk->events[i]);
+	}
+	chunk->next = pending;
+	pending = chunk;
+	pending_count += nevents;
+	MemoryContextSwitchTo(old);
+}
+
+/* Pushes everything the transaction published, or raises. */
+static void
+PushPending(void)
+{
+	int			argc = 5 + pending_count;
+	const char **argv = palloc(sizeof(char *) * argc);
+	size_t	   *argvlen = palloc(sizeof(size_t) * argc);
+	char		bound[16];
+	char	   *error = NULL;
+	redisReply *reply;
+	int			i = argc;
+	long long	result = 0;
+	bool		ok = false;
+
+	snprintf(bound, sizeof(bound), "%d", aggr_queue_maxsize);
+	argv[0] = "EVAL";
+	argv[1] = push_script;
+	argv[2] = "1";
+	argv[3] = aggr_queue_key;
+	argv[4] = bound;
+	for (int k = 0; k < 5; k++)
+		argvlen[k] = strlen(argv[k]);
+
+	/* the list holds the newest chunk first; events keep publishing order */
+	for (PendingEvents *chunk = pending; chunk != NULL; chunk = chunk->next)
+	{
+		i -= chunk->nevents;
+		for (int k = 0; k < chunk->nevents; k++)
+		{
+			argv[i + k] = chunk->events[k];
+			argvlen[i + k] = chunk->lengths[k];
+		}
+	}
+	Assert(i == 5);
+
+	reply = PublishCommand(&error, argc, argv, argvlen);
+	if (reply != NULL)
+	{
+		if (reply->type == REDIS_REPLY_INTEGER)
+		{
+			result = reply->integer;
+			ok = true;
+		}
+		else
+			error = psprintf("Redis refused the push: %s",
+							 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+		freeReplyObject(reply);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not queue %d events on the broker", pending_count),
+				 errdetail("%s", error),
+				 errhint("Check that Redis is running at aggr.broker_url; nothing was queued.")));
+	if (result < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("queue \"%s\" is full", aggr_queue_key),
+				 errdetail("It holds %lld events; %d more would exceed aggr.queue_maxsize (%d).",
+						   -result - 1, pending_count, aggr_queue_maxsize),
+				 errhint("Retry later, when the consumers have caught up; nothing was queued.")));
+}
+
+static void
+BrokerXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pending != NULL)
+				PushPending();
+			pending = NULL;
+			pending_count = 0;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that published events to the broker")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			/* the memory went with TopTransactionContext */
+			pending = NULL;
+			pending_count = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/* A rolled-back subtransaction takes its publishes with it. */
+static void
+BrokerSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		while (pending != NULL && pending->nest_level >= level)
+		{
+			pending_count -= pending->nevents;
+			pending = pending->next;
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (PendingEvents *chunk = pending; chunk != NULL; chunk = chunk->next)
+			if (chunk->nest_level >= level)
+				chunk->nest_level = level - 1;
+	}
+}
+
+void
+AggrBrokerInit(void)
+{
+	RegisterXactCallback(BrokerXactCallback, NULL);
+	RegisterSubXactCallback(BrokerSubXactCallback, NULL);
+}

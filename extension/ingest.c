@@ -1,0 +1,225 @@
+/*
+ * ingest.c
+ *		The ingest core, the one code path every event takes into the table,
+ *		and the SQL entry points aggr_ingest() and aggr_publish().
+ *
+ * A batch is written by ONE statement that inserts the events in key order
+ * with ON CONFLICT DO NOTHING (the first version of a key wins), counts what
+ * was stored from the rows the insert RETURNS, and adds the per-topic counts
+ * to this backend's counter shard, all in the caller's transaction.  Inserting
+ * in key order and updating counters last, in topic order, keeps two
+ * overlapping batches from deadlocking; a deadlock that still happens (say,
+ * between two multi-batch transactions) is retried in a subtransaction.
+ */
+#include "postgres.h"
+
+#include "aggr.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "storage/backendid.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+PG_FUNCTION_INFO_V1(aggr_ingest);
+PG_FUNCTION_INFO_V1(aggr_publish);
+
+/* How often a batch is tried when it loses a deadlock. */
+#define AGGR_INGEST_ATTEMPTS 5
+
+static const char *const ingest_sql =
+"WITH batch AS ("
+"  SELECT * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[],"
+"      $3::pg_catalog.timestamptz[], $4::pg_catalog.text[], $5::pg_catalog.jsonb[])"
+"    WITH ORDINALITY AS b(topic, event_id, ts, source, payload, ord)"
+"), stored AS ("
+"  INSERT INTO aggr.events (topic, event_id, \"timestamp\", source, payload)"
+"  SELECT topic, event_id, ts, source, payload FROM batch"
+"  ORDER BY topic COLLATE \"C\", event_id COLLATE \"C\", ord"
+"  ON CONFLICT (topic, event_id) DO NOTHING"
+"  RETURNING topic"
+"), per_topic AS ("
+"  SELECT b.topic, b.received, coalesce(s.stored, 0) AS stored"
+"  FROM (SELECT topic, pg_catalog.count(*) AS received FROM batch GROUP BY topic) b"
+"  LEFT JOIN (SELECT topic, pg_catalog.count(*) AS stored FROM stored GROUP BY topic) s"
+"    USING (topic)"
+"), counted AS ("
+"  INSERT INTO aggr.counters AS c"
+"      (topic, shard, received, unique_processed, duplicate_dropped)"
+"  SELECT topic, $6, received, stored, received - stored FROM per_topic"
+"  ORDER BY topic COLLATE \"C\""
+"  ON CONFLICT (topic, shard) DO UPDATE SET"
+"    received = c.received + excluded.received,"
+"    unique_processed = c.unique_processed + excluded.unique_processed,"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
+")"
+"SELECT coalesce(pg_catalog.sum(stored), 0)::pg_catalog.int8 FROM per_topic";
+
+static SPIPlanPtr ingest_plan = NULL;
+
+/* Runs the ingest statement once; returns how many events were stored. */
+static int64
+RunIngestStatement(const AggrBatch *batch)
+{
+	static Oid	argtypes[6] = {TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+	TEXTARRAYOID, JSONBARRAYOID, INT2OID};
+	Datum		values[6];
+	int			n = batch->nevents;
+	bool		isnull;
+	int64		stored;
+	int			ret;
+
+	values[0] = PointerGetDatum(construct_array(batch->topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(batch->event_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(batch->timestamps, n, TIMESTAMPTZOID,
+												sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(batch->sources, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(batch->payloads, n, JSONBOID, -1, false, TYPALIGN_INT));
+	values[5] = Int16GetDatum(MyBackendId % AGGR_COUNTER_SHARDS);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (ingest_plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(ingest_sql, 6, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the ingest statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		ingest_plan = plan;
+	}
+	ret = SPI_execute_plan(ingest_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "ingest statement returned %d", ret);
+	stored = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return stored;
+}
+
+/*
+ * Stores a validated batch and updates the counters, inside the current
+ * transaction.  Deadlocks are retried in a subtransaction, which undoes the
+ * lost attempt without touching the caller's earlier work.
+ */
+void
+AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
+{
+	MemoryContext caller_context = CurrentMemoryContext;
+	ResourceOwner caller_owner = CurrentResourceOwner;
+	volatile int64 stored = 0;
+
+	for (volatile int attempt = 1;; attempt++)
+	{
+		volatile bool retry = false;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(caller_context);
+		PG_TRY();
+		{
+			stored = RunIngestStatement(batch);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller_context);
+			CurrentResourceOwner = caller_owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(caller_context);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller_context);
+			CurrentResourceOwner = caller_owner;
+
+			/*
+			 * Under REPEATABLE READ or SERIALIZABLE the snapshot stays, so a
+			 * serialization failure would only repeat: the caller retries.
+			 */
+			if (attempt < AGGR_INGEST_ATTEMPTS &&
+				(edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+				 (edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
+				  !IsolationUsesXactSnapshot())))
+			{
+				ereport(LOG,
+						(errmsg("aggr: retrying a batch of %d events after: %s",
+								batch->nevents, edata->message)));
+				FreeErrorData(edata);
+				retry = true;
+			}
+			else
+				ReThrowError(edata);
+		}
+		PG_END_TRY();
+		if (!retry)
+			break;
+	}
+
+	result->received = batch->nevents;
+	result->unique = stored;
+	result->duplicates = batch->nevents - stored;
+}
+
+/*
+ * The answer of aggr_ingest (accepted < 0) and aggr_publish: direct mode
+ * reports what was stored, queue mode only what was accepted.
+ */
+Jsonb *
+AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted, bool queued)
+{
+	char	   *text;
+
+	if (accepted < 0)
+		text = psprintf("{\"received\": " INT64_FORMAT ", \"unique\": " INT64_FORMAT
+						", \"duplicates\": " INT64_FORMAT "}",
+						result->received, result->unique, result->duplicates);
+	else if (queued)
+		text = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d}",
+						accepted, AggrLiveWorkerCount());
+	else
+		text = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d, \"unique\": "
+						INT64_FORMAT ", \"duplicates\": " INT64_FORMAT "}",
+						accepted, AggrLiveWorkerCount(), result->unique,
+						result->duplicates);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+/* aggr_ingest(jsonb) -> jsonb: validate and store, in the caller's transaction. */
+Datum
+aggr_ingest(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *request = PG_GETARG_JSONB_P(0);
+	AggrBatch	batch;
+	AggrIngestResult result;
+
+	AggrValidateRequest(request, &batch);
+	AggrIngestBatch(&batch, &result);
+	PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, -1, false));
+}
+
+/*
+ * aggr_publish(jsonb) -> jsonb: validate, then either queue the events on the
+ * broker (aggr.broker_url set) or ingest them directly.
+ */
+Datum
+aggr_publish(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *request = PG_GETARG_JSONB_P(0);
+	AggrBatch	batch;
+	AggrIngestResult result = {0};
+
+	AggrValidateRequest(request, &batch);
+	if (AggrBrokerConfigured())
+	{
+		AggrEnqueueBatch(request, batch.nevents);
+		PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, batch.nevents, true));
+	}
+	AggrIngestBatch(&batch, &result);
+	PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, batch.nevents, false));
+}

@@ -1,0 +1,34 @@
+-- Reading events: oldest first, by topic, keyset pages, bounded.
+CREATE EXTENSION aggr;
+SET TimeZone = 'UTC';
+SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'topic_' || (g % 3), 'event_id', 'e' || g,
+                                                'timestamp', g, 'source', 's')))
+FROM generate_series(1, 10) g;
+SELECT aggr_ingest('{"topic": "late", "event_id": "x", "timestamp": "2025-10-24T00:00:00Z", "source": "s", "payload": {"a": 1}}');
+
+SELECT topic, event_id, "timestamp", source, payload, ingested_at IS NOT NULL AS has_ingested_at
+FROM aggr_events();
+SELECT topic, event_id FROM aggr_events('topic_1');
+SELECT topic, event_id FROM aggr_events(topic => 'late');
+SELECT count(*) FROM aggr_events('nope');
+
+-- keyset pages: after = the last seq of the previous page
+SELECT array_agg(event_id ORDER BY seq) AS page1, max(seq) AS last FROM aggr_events(NULL, 4) \gset
+SELECT :'page1';
+SELECT array_agg(event_id ORDER BY seq) AS page2 FROM aggr_events(NULL, 4, :last);
+SELECT array_agg(event_id ORDER BY seq) AS page3 FROM aggr_events("limit" => 4, after => :last + 4);
+SELECT count(*) FROM aggr_events(after => 1000000);
+
+-- bounds on limit
+SELECT aggr_events(NULL, 0);
+SELECT aggr_events(NULL, 10001);
+SELECT aggr_events(NULL, NULL);
+SELECT count(*) FROM aggr_events(NULL, 10000);
+
+-- the pages are served by indexes, not by sorting the table
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.topic = 'x' AND e.seq > 5 ORDER BY e.seq LIMIT 10;
+EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.seq > 5 ORDER BY e.seq LIMIT 10;
+RESET enable_seqscan;
+
+DROP EXTENSION aggr CASCADE;

@@ -1,0 +1,32 @@
+-- Stats: the exact shape, per-topic counts sorted by topic, and agreement
+-- with the stored rows.
+CREATE EXTENSION aggr;
+SELECT jsonb_object_keys(aggr_stats()) AS key ORDER BY 1;
+SELECT aggr_stats() - 'uptime_seconds' AS empty;
+SELECT (aggr_stats() ->> 'uptime_seconds')::numeric >= 0 AS uptime_ok;
+
+SELECT aggr_ingest('[{"topic": "b", "event_id": "1", "timestamp": 0, "source": "s"},
+                     {"topic": "a", "event_id": "1", "timestamp": 0, "source": "s"},
+                     {"topic": "b", "event_id": "1", "timestamp": 0, "source": "s"},
+                     {"topic": "B", "event_id": "1", "timestamp": 0, "source": "s"},
+                     {"topic": "b", "event_id": "2", "timestamp": 0, "source": "s"}]');
+SELECT aggr_ingest('{"topic": "a", "event_id": "1", "timestamp": 0, "source": "s"}');
+SELECT s -> 'received' AS received, s -> 'unique_processed' AS unique_processed,
+       s -> 'duplicate_dropped' AS duplicate_dropped, s -> 'topics' AS topics,
+       s -> 'worker_count' AS worker_count, s -> 'rejected' AS rejected
+FROM aggr_stats() s;
+
+-- counts agree with the rows, per topic and in total
+SELECT t ->> 'topic' AS topic, (t ->> 'count')::bigint = (SELECT count(*) FROM aggr.events e WHERE e.topic = t ->> 'topic') AS agrees
+FROM jsonb_array_elements(aggr_stats() -> 'topics') t;
+SELECT (s ->> 'unique_processed')::bigint = (SELECT count(*) FROM aggr.events) AS unique_is_count,
+       (s ->> 'received')::bigint = (s ->> 'unique_processed')::bigint + (s ->> 'duplicate_dropped')::bigint AS received_adds_up
+FROM aggr_stats() s;
+
+-- counters live in shards, so concurrent writers do not share a row
+SELECT count(DISTINCT shard) >= 1 AS sharded, max(shard) < 16 AS bounded FROM aggr.counters;
+
+-- health without a broker: the database and the extension answer
+SELECT aggr_health();
+
+DROP EXTENSION aggr CASCADE;

@@ -1,0 +1,218 @@
+# AggrTest.pm: what aggr's TAP tests share.  A PostgreSQL node with aggr
+# preloaded and installed, a real redis-server on a free loopback port
+# (appendonly, fsync always) that can be killed and restarted on the same data,
+# event generators, and the invariants of DESIGN.md as one check.
+
+package AggrTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @EXPORT_OK = qw(new_node start_redis stop_redis redis_cmd demo_events
+  event_batches check_invariants wait_for stats poll_stats_until spawn);
+
+# A started node with aggr preloaded and CREATE EXTENSION aggr done in
+# database postgres; %conf are extra postgresql.conf settings.
+sub new_node
+{
+    my ($name, %conf) = @_;
+    my $node = PostgreSQL::Test::Cluster->new($name);
+    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+    $node->append_conf('postgresql.conf',
+        join('',
+            "shared_preload_libraries = 'aggr'\n",
+            "log_min_messages = 'log'\n",
+            map { "$_ = '$conf{$_}'\n" } sort keys %conf));
+    $node->start;
+    $node->safe_psql('postgres', 'CREATE EXTENSION aggr');
+    return $node;
+}
+
+# Runs a program in the background, output appended to $log; returns its pid.
+sub spawn
+{
+    my ($log, @cmd) = @_;
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0)
+    {
+        open(STDIN, '<', '/dev/null');
+        open(STDOUT, '>>', $log) or POSIX::_exit(127);
+        open(STDERR, '>&', \*STDOUT);
+        exec(@cmd) or POSIX::_exit(127);
+    }
+    return $pid;
+}
+
+# Polls $cond (a sub) until it is true or $seconds pass; returns its value.
+sub wait_for
+{
+    my ($cond, $seconds) = @_;
+    my $deadline = time() + ($seconds // 60);
+    while (time() < $deadline)
+    {
+        my $v = $cond->();
+        return $v if $v;
+        usleep(100_000);
+    }
+    return $cond->();
+}
+
+# Starts redis-server with persistence that survives SIGKILL (appendonly,
+# appendfsync always).  Pass the returned handle to start_redis again to
+# restart it on the same port and data.
+sub start_redis
+{
+    my ($r) = @_;
+    $r //= {
+        port => PostgreSQL::Test::Cluster::get_free_port(),
+        dir  => PostgreSQL::Test::Utils::tempdir('redis'),
+    };
+    $r->{pid} = spawn(
+        "$r->{dir}/redis.log", 'redis-server',
+        '--port', $r->{port}, '--bind', '127.0.0.1',
+        '--dir', $r->{dir}, '--appendonly', 'yes',
+        '--appendfsync', 'always', '--save', '',
+        '--daemonize', 'no', '--protected-mode', 'no');
+    wait_for(sub { (redis_cmd($r, 'PING') // '') eq 'PONG' }, 20)
+      or die "redis-server did not start on port $r->{port}";
+    $r->{url} = "redis://127.0.0.1:$r->{port}/0";
+    return $r;
+}
+
+sub stop_redis
+{
+    my ($r, $signal) = @_;
+    return unless $r->{pid};
+    kill($signal // 'TERM', $r->{pid});
+    waitpid($r->{pid}, 0);
+    delete $r->{pid};
+}
+
+# One Redis command over a raw socket (RESP); returns the reply as a Perl
+# scalar or array ref, undef when Redis cannot be reached.
+sub redis_cmd
+{
+    my ($r, @args) = @_;
+    my $s = IO::Socket::INET->new(
+        PeerAddr => '127.0.0.1',
+        PeerPort => $r->{port},
+        Proto    => 'tcp',
+        Timeout  => 5) or return undef;
+    my $req = '*' . scalar(@args) . "\r\n";
+    $req .= '$' . length($_) . "\r\n$_\r\n" for @args;
+    print $s $req;
+    my $reply = read_resp($s);
+    close $s;
+    return $reply;
+}
+
+sub read_resp
+{
+    my ($s) = @_;
+    my $line = <$s>;
+    return undef unless defined $line;
+    $line =~ s/\r\n$//;
+    my ($type, $rest) = (substr($line, 0, 1), substr($line, 1));
+    return $rest if $type eq '+' || $type eq ':';
+    return "ERR $rest" if $type eq '-';
+    if ($type eq '$')
+    {
+        return undef if $rest < 0;
+        my $buf = '';
+        read($s, $buf, $rest + 2);
+        return substr($buf, 0, $rest);
+    }
+    if ($type eq '*')
+    {
+        return undef if $rest < 0;
+        return [ map { read_resp($s) } 1 .. $rest ];
+    }
+    die "bad RESP line: $line";
+}
+
+# The demo's events: $n events of which round($n * $dup) re-send an earlier
+# one (byte-identical), shuffled with a fixed seed so runs are repeatable.
+# Returns a list of JSON texts.
+sub demo_events
+{
+    my ($n, $dup, $prefix) = @_;
+    $prefix //= 'e';
+    my $dups   = int($n * $dup + 0.5);
+    my $unique = $n - $dups;
+    my @events = map {
+        JSON::PP->new->canonical->encode(
+            {
+                topic     => 'topic_' . ($_ % 10),
+                event_id  => "$prefix$_",
+                timestamp => '2025-10-24T00:00:00Z',
+                source    => 'tap',
+                payload   => { n => $_ }
+            })
+    } 1 .. $unique;
+    srand(42);
+    push @events, $events[ int(rand($unique)) ] for 1 .. $dups;
+    for (my $i = $#events; $i > 0; $i--)
+    {
+        my $j = int(rand($i + 1));
+        @events[ $i, $j ] = @events[ $j, $i ];
+    }
+    return @events;
+}
+
+# Splits events into JSON array texts of $size.
+sub event_batches
+{
+    my ($size, @events) = @_;
+    my @batches;
+    push @batches, '[' . join(',', splice(@events, 0, $size)) . ']' while @events;
+    return @batches;
+}
+
+sub stats
+{
+    my ($node) = @_;
+    return decode_json($node->safe_psql('postgres', 'SELECT aggr_stats()'));
+}
+
+# Polls aggr_stats() until $cond->($stats) holds; returns the last stats.
+sub poll_stats_until
+{
+    my ($node, $cond, $seconds) = @_;
+    my $last;
+    wait_for(sub { $last = stats($node); $cond->($last) }, $seconds // 120);
+    return $last;
+}
+
+# DESIGN.md invariants 1 and 2, plus the exact numbers a test expects
+# (%expect: received, unique, duplicates; any may be left out).
+sub check_invariants
+{
+    my ($node, $name, %expect) = @_;
+    my $s    = stats($node);
+    my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');
+    my $keys = $node->safe_psql('postgres',
+        'SELECT count(DISTINCT (topic, event_id)) FROM aggr.events');
+    is($s->{unique_processed}, $rows, "$name: unique_processed = count(*)");
+    is($keys, $rows, "$name: one row per (topic, event_id)");
+    is($s->{received}, $s->{unique_processed} + $s->{duplicate_dropped},
+        "$name: received = unique + duplicates");
+    is($s->{received}, $expect{received}, "$name: received")
+      if defined $expect{received};
+    is($s->{unique_processed}, $expect{unique}, "$name: unique_processed")
+      if defined $expect{unique};
+    is($s->{duplicate_dropped}, $expect{duplicates}, "$name: duplicate_dropped")
+      if defined $expect{duplicates};
+    return $s;
+}
+
+1;

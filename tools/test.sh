@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# test.sh (make test): installs what is missing, builds and installs aggr, then
+# runs pg_regress, the isolation specs, the program unit tests and the TAP
+# suite on throwaway servers, as an unprivileged user, from a temp copy of the
+# tree (CI's clone may sit where that user cannot read).  Removes everything it
+# started, whatever the outcome; exits non-zero on any failure.
+set -uo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+. "$src/tools/deps.sh"
+aggr_install_deps || exit 1
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+bindir=$("$PG_CONFIG" --bindir)
+
+started=$(date +%s)
+make -C "$src" -s -j2 PG_CONFIG="$PG_CONFIG" || exit 1
+if [ "$(id -u)" -eq 0 ]; then
+    make -C "$src" -s install PG_CONFIG="$PG_CONFIG" >/dev/null || exit 1
+fi
+
+work=$(mktemp -d /tmp/aggr-test.XXXXXX)
+runner=$(id -un)
+if [ "$(id -u)" -eq 0 ]; then runner=postgres; fi
+cleanup() {
+    if [ -f "$work/data/postmaster.pid" ]; then
+        as_runner "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+as_runner() {
+    if [ "$runner" = "$(id -un)" ]; then "$@"; else runuser -u "$runner" -- "$@"; fi
+}
+
+tree="$work/tree"
+mkdir "$tree"
+tar -C "$src" --exclude=.git -cf - . | tar -C "$tree" -xf -
+chown -R "$runner" "$work"
+chmod 755 "$work"
+
+# a throwaway cluster for pg_regress and the isolation specs
+port=$(perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die; print $s->sockport')
+as_runner "$bindir/initdb" -D "$work/data" -A trust -U postgres --no-sync >/dev/null || exit 1
+cat >> "$work/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+shared_preload_libraries = 'aggr'
+fsync = off
+max_connections = 50
+CONF
+as_runner "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null || { cat "$work/postgres.log"; exit 1; }
+
+passed=0 failed=0
+suite() {
+    local name=$1; shift
+    echo "=== $name"
+    if as_runner env -C "$tree" PGHOST="$work" PGPORT="$port" PGUSER=postgres \
+            PATH="$bindir:$PATH" AGGR_SIDECAR="$tree/sidecar/aggr-sidecar" \
+            AGGR_PUBLISHER="$tree/publisher/aggr-publisher" "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "=== $name FAILED"
+        find "$tree" -name regression.diffs -exec cat {} \; 2>/dev/null | head -300
+    fi
+}
+
+suite "pg_regress and isolation" make -s installcheck PG_CONFIG="$PG_CONFIG" TAP_TESTS=
+suite "publisher unit tests" make -s -C publisher check
+suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
+
+echo "make test took $(( $(date +%s) - started )) s"
+echo "make test suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
