@@ -18,7 +18,8 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(new_node start_redis stop_redis redis_cmd demo_events
-  event_batches check_invariants wait_for stats poll_stats_until spawn);
+  event_batches check_invariants wait_for stats poll_stats_until spawn
+  publish wait_drained consumer_pids);
 
 # A started node with aggr preloaded and CREATE EXTENSION aggr done in
 # database postgres; %conf are extra postgresql.conf settings.
@@ -191,6 +192,46 @@ sub poll_stats_until
     my $last;
     wait_for(sub { $last = stats($node); $cond->($last) }, $seconds // 120);
     return $last;
+}
+
+# aggr_publish() of one batch, retried while the failure is one a publisher
+# should retry (queue full, broker or server down or restarting) for up to
+# $seconds.  Dies on any other error.  Returns the answer.
+sub publish
+{
+    my ($node, $batch, $seconds) = @_;
+    my $deadline = time() + ($seconds // 90);
+    my $sql = "\\set VERBOSITY verbose\nSELECT aggr_publish(\$aggr\$$batch\$aggr\$);";
+    for (my $try = 0;; $try++)
+    {
+        my ($out, $err) = ('', '');
+        my $ret = $node->psql('postgres', $sql, stdout => \$out, stderr => \$err);
+        return $out if $ret == 0;
+        die "publish failed for good: $err"
+          if $err =~ /ERROR:\s+(22|54)/ || time() > $deadline;
+        usleep(50_000 * ($try < 10 ? $try + 1 : 10));
+    }
+}
+
+# Waits until the queue and every processing list are empty.
+sub wait_drained
+{
+    my ($node, $r, $seconds) = @_;
+    return wait_for(
+        sub {
+            my $len  = redis_cmd($r, 'LLEN', 'aggregator:events');
+            my $keys = redis_cmd($r, 'KEYS', 'aggregator:events:processing:*');
+            defined($len) && $len == 0 && ref($keys) && !@$keys;
+        },
+        $seconds // 120);
+}
+
+sub consumer_pids
+{
+    my ($node) = @_;
+    my $pids = $node->safe_psql('postgres',
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'aggr consumer'");
+    return split(' ', $pids);
 }
 
 # DESIGN.md invariants 1 and 2, plus the exact numbers a test expects
