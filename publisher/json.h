@@ -1,0 +1,37 @@
+/*
+ * json.h
+ *		The publisher's only JSON code: writing escaped strings, and reading a
+ *		few top-level integer fields out of the server's answers.
+ */
+#ifndef AGGR_JSON_H
+#define AGGR_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+/* What looking up a top-level field found. */
+typedef enum AggrJsonResult
+{
+	AGGR_JSON_OK,				/* found, and *value is set */
+	AGGR_JSON_ABSENT,			/* well-formed object without that key */
+	AGGR_JSON_WRONG_TYPE,		/* present, but not an integer in int64 range */
+	AGGR_JSON_MALFORMED			/* not one well-formed JSON object */
+} AggrJsonResult;
+
+/* Deepest nesting AggrJsonGetInt accepts; deeper documents are malformed. */
+#define AGGR_JSON_MAX_DEPTH 64
+
+/* Append s[0..len) as a quoted JSON string; invalid UTF-8 becomes U+FFFD. */
+extern void AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len);
+
+/*
+ * Look up key among the members of the top-level object in json[0..len) (no
+ * NUL terminator needed) and read it as an integer.  The whole document is
+ * validated; if key appears more than once, the first occurrence wins.
+ */
+extern AggrJsonResult AggrJsonGetInt(const char *json, size_t len,
+									 const char *key, int64_t *value);
+
+#endif							/* AGGR_JSON_H */
