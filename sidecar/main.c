@@ -343,7 +343,8 @@ main(int argc, char **argv)
 
 	while (sigwait(&sigs, &sig) != 0)
 		;
-	AggrLog("info", "signal %d: draining", sig);
+	AggrLog("info", "signal %d: draining %ld requests", sig,
+			AggrHttpInflight());
 
 	AggrHttpBeginShutdown();
 	listen_fd = MHD_quiesce_daemon(daemon);

@@ -207,7 +207,7 @@ sub http
 sub json
 {
     my ($r) = @_;
-    return eval { JSON::PP->new->allow_nonref->decode($r->{body}) };
+    return eval { JSON::PP->new->utf8->allow_nonref->decode($r->{body}) };
 }
 
 sub rss_kb
