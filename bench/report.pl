@@ -1,0 +1,44 @@
+#!/usr/bin/perl
+# report.pl: bench/out/results.csv -> a Markdown table on stdout, and with
+# --dat FILE a table for gnuplot (one row per workload, one column per size).
+use strict;
+use warnings;
+use Getopt::Long;
+
+my $dat;
+GetOptions('dat=s' => \$dat) or die "usage: report.pl [--dat FILE] results.csv\n";
+my @rows = map { chomp; [ split /,/, $_, -1 ] } <>;
+shift @rows;
+my %what = (
+    raw     => 'raw SQL ceiling (INSERT ... SELECT jsonb_to_recordset ON CONFLICT DO NOTHING)',
+    ingest  => 'SELECT aggr_ingest(batch)',
+    http    => 'HTTP POST /publish, direct mode',
+    drain   => 'consumers draining a pre-filled Redis queue',
+    publish => 'HTTP POST /publish, broker mode, until drained',
+);
+print "| workload | events | events/s | × raw | p50 ms | p99 ms | peak RSS |\n";
+print "|---|---:|---:|---:|---:|---:|---:|\n";
+for my $r (@rows)
+{
+    my ($w, $n, $rate, $ratio, $p50, $p99, $rss) = @$r;
+    printf "| %s | %s | %s | %s | %s | %s | %s |\n", $what{$w} // $w, $n, $rate, $ratio,
+      $p50 eq '' ? '' : sprintf('%.1f', $p50), $p99 eq '' ? '' : sprintf('%.1f', $p99),
+      $rss eq '' ? '' : sprintf('%.1f MB', $rss / 1024);
+}
+
+exit 0 unless $dat;
+my (@workloads, @sizes, %rate, %seen_w, %seen_s);
+for my $r (@rows)
+{
+    my ($w, $n, $rate) = @$r;
+    push @workloads, $w unless $seen_w{$w}++;
+    push @sizes, $n unless $seen_s{$n}++;
+    $rate{$w}{$n} = $rate;
+}
+open(my $fh, '>', $dat) or die "$dat: $!";
+print $fh join(' ', 'workload', map { "\"$_ events\"" } @sizes), "\n";
+for my $w (@workloads)
+{
+    print $fh join(' ', $w, map { $rate{$w}{$_} // '-' } @sizes), "\n";
+}
+close $fh;

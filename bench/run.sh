@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# bench/run.sh (make bench): aggr's throughput beside the raw PostgreSQL
+# ceiling, measured in the same run on the same throwaway servers.
+#
+#   raw      plain INSERT ... SELECT ... FROM jsonb_to_recordset(batch) ORDER BY
+#            key ON CONFLICT DO NOTHING into a copy of aggr.events (same
+#            indexes), 2 pgbench clients, batches of 500 (key order: unordered
+#            batches deadlock and would make the ceiling look lower)
+#   ingest   SELECT aggr_ingest(batch), same batches, same clients
+#   http     aggr-publisher -> aggr-sidecar POST /publish, direct mode
+#   drain    consumers draining a pre-filled Redis queue (broker mode)
+#   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
+#
+# Each workload: the demo's 20,000 events and 1,000,000 events (35 % dups);
+# SQL runs alternate raw and ingest three times and keep the median.
+# BENCH_SIZES="20000 1000000" and BENCH_LARGE=1 (aggr_ingest at 10 M stored
+# events) tune it.  Results: bench/out/results.{csv,md} and results.png.
+set -euo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+. "$src/tools/deps.sh"
+aggr_install_deps
+. "$src/tools/servers.sh"
+
+sizes=${BENCH_SIZES:-"20000 1000000"}
+out="$src/bench/out"
+mkdir -p "$out"
+csv="$out/results.csv"
+echo "workload,events,events_per_s,ratio_to_raw,p50_ms,p99_ms,peak_rss_kb" > "$csv"
+
+make -C "$src" -s -j2 >/dev/null
+[ "$(id -u)" -eq 0 ] && make -C "$src" -s install >/dev/null
+servers_init bench
+trap servers_cleanup EXIT
+pg_start "shared_buffers = '1GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'"
+redis_start
+
+publisher="$src/publisher/aggr-publisher"
+sql() { psql -X -q -At -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -d postgres "$@"; }
+
+# The batches as pgbench reads them: table bench_batches(id, body), events
+# shuffled, 35 % re-sends of earlier keys.
+make_batches() {
+    local n=$1 unique=$(( $1 - ($1 * 35 + 50) / 100 ))
+    sql -v n="$n" -v unique="$unique" <<'SQL'
+DROP TABLE IF EXISTS bench_batches;
+CREATE TABLE bench_batches AS
+  SELECT (n - 1) / 500 + 1 AS id,
+         jsonb_agg(jsonb_build_object('topic', 'topic_' || (k % 10), 'event_id', 'evt-' || k,
+             'timestamp', '2025-10-24T00:00:00Z', 'source', 'bench',
+             'payload', jsonb_build_object('seq', k, 'msg', 'hello world')) ORDER BY n) AS body
+  FROM (SELECT row_number() OVER (ORDER BY md5(g::text)) AS n,
+               CASE WHEN g <= :unique THEN g ELSE 1 + (g * 7919) % :unique END AS k
+        FROM generate_series(1, :n) g) e
+  GROUP BY (n - 1) / 500;
+CREATE UNIQUE INDEX ON bench_batches (id);
+VACUUM ANALYZE bench_batches;
+SQL
+}
+
+# events/s of one pgbench run of a workload file over every batch
+pgbench_rate() {
+    local file=$1 n=$2 batches=$(( ($2 + 499) / 500 ))
+    sql -c "TRUNCATE aggr.events, aggr.counters; TRUNCATE raw_events; CHECKPOINT" >/dev/null
+    pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c 2 -j 2 -t $(( batches / 2 )) \
+        -D k=0 -f "$file" postgres 2>&1 |
+        awk -v ev="$n" -v b="$batches" '/^tps/ { printf "%.0f\n", $3 * ev / b }'
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+record() {   # workload events rate p50 p99 rss
+    local ratio
+    ratio=$(awk -v r="$3" -v c="$raw" 'BEGIN { printf "%.2f", r / c }')
+    echo "$1,$2,$3,$ratio,$4,$5,$6" >> "$csv"
+    printf '%-8s %9s events  %9s ev/s  %5s x raw\n' "$1" "$2" "$3" "$ratio"
+}
+
+json_field() { perl -MJSON::PP -e 'my $j = decode_json(join("", <STDIN>)); my $v = $j; $v = $v->{$_} for split /\./, $ARGV[0]; print $v // ""' "$1"; }
+
+peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+sql -c "CREATE EXTENSION aggr; CREATE TABLE raw_events (LIKE aggr.events INCLUDING ALL)" >/dev/null
+echo "=== SQL: raw ceiling and aggr_ingest (2 clients, batches of 500, 35 % duplicates)"
+for n in $sizes; do
+    make_batches "$n"
+    raws=() ingests=()
+    for rep in 1 2 3; do
+        raws+=("$(pgbench_rate "$src/bench/raw.sql" "$n")")
+        ingests+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
+    done
+    raw=$(printf '%s\n' "${raws[@]}" | median)
+    ingest=$(printf '%s\n' "${ingests[@]}" | median)
+    declare "raw_$n=$raw"
+    record raw "$n" "$raw" "" "" ""
+    record ingest "$n" "$ingest" "" "" ""
+done
+
+echo "=== HTTP: POST /publish in direct mode (sidecar, 2 connections)"
+for n in $sizes; do
+    raw_var="raw_$n"; raw=${!raw_var}
+    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    sidecar_start --threads 2
+    summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
+    record http "$n" "$(json_field events_per_second <<< "$summary" | cut -d. -f1)" \
+        "$(json_field latency_ms.p50 <<< "$summary")" "$(json_field latency_ms.p99 <<< "$summary")" \
+        "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
+    sidecar_stop
+done
+
+echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
+pg_restart_broker 2 "aggr.queue_maxsize = 2000000"
+queue_empty() {
+    [ "$(redis-cli -p "$AGGR_REDIS_PORT" LLEN aggregator:events)" = 0 ] &&
+        [ -z "$(redis-cli -p "$AGGR_REDIS_PORT" KEYS 'aggregator:events:processing:*')" ]
+}
+wait_drained() { until queue_empty; do sleep 0.05; done; }
+worker_rss() {
+    local total=0 pid
+    for pid in $(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'"); do
+        total=$(( total + $(peak_rss_kb "$pid") ))
+    done
+    echo "$total"
+}
+for n in $sizes; do
+    raw_var="raw_$n"; raw=${!raw_var}
+    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    redis-cli -p "$AGGR_REDIS_PORT" DEL bench:staging >/dev/null
+    "$publisher" --via "redis://127.0.0.1:$AGGR_REDIS_PORT" --queue-key bench:staging \
+        --events "$n" --quiet >/dev/null
+    t0=$(date +%s.%N)
+    redis-cli -p "$AGGR_REDIS_PORT" RENAME bench:staging aggregator:events >/dev/null
+    wait_drained
+    t1=$(date +%s.%N)
+    record drain "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" "" "" "$(worker_rss)"
+
+    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    sidecar_start --threads 2
+    t0=$(date +%s.%N)
+    summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
+    wait_drained
+    t1=$(date +%s.%N)
+    record publish "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" \
+        "$(json_field latency_ms.p50 <<< "$summary")" "$(json_field latency_ms.p99 <<< "$summary")" \
+        "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
+    sidecar_stop
+done
+
+if [ "${BENCH_LARGE:-0}" = 1 ]; then
+    echo "=== aggr_ingest with 10,000,000 events already stored"
+    pg_restart_direct
+    n=200000
+    make_batches "$n"
+    raw=$(pgbench_rate "$src/bench/ingest.sql" "$n")   # the empty-table rate is the reference here
+    record ingest-empty "$n" "$raw" "" "" ""
+    sql <<'SQL'
+TRUNCATE aggr.events, aggr.counters;
+INSERT INTO aggr.events (topic, event_id, "timestamp", source, payload)
+    SELECT 'topic_' || (g % 10), 'old-' || g, now(), 'prefill', '{}' FROM generate_series(1, 10000000) g;
+INSERT INTO aggr.counters SELECT 'topic_' || t, 0, 1000000, 1000000, 0 FROM generate_series(0, 9) t;
+VACUUM ANALYZE aggr.events;
+CHECKPOINT;
+SQL
+    rate=$(sql -c "SELECT 1" >/dev/null; pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c 2 -j 2 \
+        -t $(( n / 1000 )) -D k=0 -f "$src/bench/ingest.sql" postgres 2>&1 |
+        awk -v ev="$n" '/^tps/ { printf "%.0f\n", $3 * 500 }')
+    record ingest-at-10M "$n" "$rate" "" "" ""
+fi
+
+perl "$src/bench/report.pl" --dat "$out/results.dat" "$csv" > "$out/results.md"
+cat "$out/results.md"
+gnuplot -e "dat='$out/results.dat'; png='$out/results.png'; ncols=$(( $(wc -w <<< "$sizes") + 1 ))" \
+    "$src/bench/chart.gp"
+echo "results: $out/results.csv, $out/results.md, $out/results.png"
