@@ -12,8 +12,8 @@ use JSON::PP;
 use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
-use SidecarTest qw(new_node start_redis start_sidecar stop_sidecar http json
-  wait_healthz);
+use SidecarTest qw(new_node start_redis stop_redis check_invariants
+  start_sidecar stop_sidecar http json wait_healthz);
 use Test::More;
 use Time::HiRes qw(time);
 
@@ -43,19 +43,6 @@ sub stats
 {
     my ($port) = @_;
     return json(http($port, 'GET', '/stats'));
-}
-
-# invariant 2 of DESIGN.md, checked in SQL
-sub check_invariants
-{
-    my ($node, $label) = @_;
-    is( $node->safe_psql(
-            'postgres', q{
-        SELECT (SELECT count(*) FROM aggr.events) = sum(unique_processed)
-           AND sum(received) = sum(unique_processed) + sum(duplicate_dropped)
-          FROM aggr.counters}),
-        't',
-        "$label: counters match the stored rows");
 }
 
 my $node = new_node('sidecar');
@@ -241,6 +228,14 @@ is($r->{status}, 405, 'DELETE /events 405');
 $r = http($port, 'HEAD', '/stats');
 is($r->{status}, 200, 'HEAD /stats 200');
 
+# where to listen, from the environment
+for my $var (qw(PORT LISTEN_ADDR))
+{
+    my $e = start_sidecar($node, listen_env => $var);
+    is(http($e->{port}, 'GET', '/healthz')->{status}, 200, "listens on $var");
+    is(stop_sidecar($e), 0, "$var sidecar exits 0");
+}
+
 # 413 from Content-Length, before the body
 my $small = start_sidecar($node, args => ['--max-body=1024']);
 $r = publish($small->{port}, 'x' x 2000);
@@ -382,7 +377,7 @@ like(slurp_file($sc->{log}), qr/"msg":"stopped"/, 'SIGTERM: logged the stop');
 my $redis = start_redis();
 my $bnode = new_node(
     'broker',
-    'aggr.broker_url'    => "redis://127.0.0.1:$redis->{port}/0",
+    'aggr.broker_url'    => $redis->{url},
     'aggr.worker_count'  => 1,
     'aggr.queue_maxsize' => 10);
 my $bsc = start_sidecar($bnode);
@@ -399,8 +394,7 @@ like(json($r)->{sqlstate}, qr/^53/, 'queue overflow: 53xxx');
 ok($bnode->poll_query_until('postgres',
         "SELECT count(*) = 3 FROM aggr.events WHERE topic = 'q'"),
     'queued events are ingested by the worker');
-kill 'TERM', $redis->{pid};
-waitpid($redis->{pid}, 0);
+stop_redis($redis);
 $r = publish($bsc->{port}, event('q', 'q-down'), timeout => 30);
 is($r->{status}, 503, 'Redis down: publish 503') or diag $r->{body};
 ok(defined $r->{headers}{'retry-after'}, 'Redis down: Retry-After');

@@ -2,6 +2,7 @@
 # (--error-exitcode=1 --leak-check=full) for a subset of 040 and 041: every
 # route, the error paths, chunked and oversized bodies, a PostgreSQL restart,
 # then SIGTERM.  Any memory error or leak makes the exit status non-zero.
+# First the sidecar's C unit tests (sidecar/test_sidecar), also under valgrind.
 
 use strict;
 use warnings;
@@ -17,6 +18,15 @@ use SidecarTest qw(new_node start_sidecar stop_sidecar http raw json
 use Test::More;
 
 my $J = JSON::PP->new->canonical;
+
+# the unit tests, built beside the binary by `make -C sidecar`
+my $bin = $ENV{AGGR_SIDECAR} || "$FindBin::RealBin/../sidecar/aggr-sidecar";
+my ($unit) = grep { -x $_ } ($bin =~ s{[^/]*$}{test_sidecar}r,
+    "$FindBin::RealBin/../sidecar/test_sidecar");
+ok($unit, 'sidecar/test_sidecar is built');
+my $out = `valgrind --quiet --error-exitcode=1 --leak-check=full $unit 2>&1`;
+is($? >> 8, 0, 'unit tests pass under valgrind') or diag $out;
+like($out, qr/^\d+ passed, 0 failed$/m, 'unit tests report no failure');
 
 sub event
 {

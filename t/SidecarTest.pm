@@ -1,8 +1,7 @@
-# SidecarTest.pm: what the sidecar TAP tests share.  A PostgreSQL node with
-# aggr preloaded and installed, a throwaway Redis, the real aggr-sidecar
-# binary on a free loopback port (optionally under valgrind), and a raw-socket
-# HTTP client that can send any bytes, so that hostile requests reach the
-# server exactly as written.
+# SidecarTest.pm: what the sidecar TAP tests add to AggrTest.pm: the real
+# aggr-sidecar binary on a free loopback port (optionally under valgrind), and
+# a raw-socket HTTP client that can send any bytes, so that hostile requests
+# reach the server exactly as written.
 
 package SidecarTest;
 
@@ -21,40 +20,12 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT_OK = qw(new_node start_redis start_sidecar stop_sidecar http raw
-  json rss_kb wait_healthz);
+use AggrTest qw(new_node start_redis stop_redis spawn check_invariants);
+
+our @EXPORT_OK = qw(new_node start_redis stop_redis check_invariants
+  start_sidecar stop_sidecar http raw json rss_kb wait_healthz);
 
 my $repo = abs_path(dirname(__FILE__) . '/..');
-
-# Node with aggr; %conf are extra postgresql.conf settings (name => value).
-sub new_node
-{
-    my ($name, %conf) = @_;
-    my $node = PostgreSQL::Test::Cluster->new($name);
-    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-    $node->append_conf('postgresql.conf',
-        join('', "shared_preload_libraries = 'aggr'\n",
-            map { "$_ = '$conf{$_}'\n" } sort keys %conf));
-    $node->start;
-    $node->safe_psql('postgres', 'CREATE EXTENSION aggr');
-    return $node;
-}
-
-# Spawn a program with stdout and stderr going to $log; returns its pid.
-sub spawn
-{
-    my ($log, @cmd) = @_;
-    my $pid = fork();
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0)
-    {
-        open(STDIN, '<', '/dev/null');
-        open(STDOUT, '>>', $log) or POSIX::_exit(127);
-        open(STDERR, '>&', \*STDOUT);
-        exec(@cmd) or POSIX::_exit(127);
-    }
-    return $pid;
-}
 
 sub wait_port
 {
@@ -73,35 +44,33 @@ sub wait_port
     return 0;
 }
 
-sub start_redis
-{
-    my $port = PostgreSQL::Test::Cluster::get_free_port();
-    my $dir = PostgreSQL::Test::Utils::tempdir('redis');
-    my $pid = spawn("$dir/redis.log", 'redis-server', '--port', $port,
-        '--bind', '127.0.0.1', '--dir', $dir, '--save', '',
-        '--appendonly', 'no', '--daemonize', 'no');
-    wait_port($port, $pid, 20) or die "redis did not start";
-    return { pid => $pid, port => $port };
-}
-
 # Start aggr-sidecar against $node.  %o: args => [...], env => {...},
-# valgrind => 1 (then it runs under memcheck and stop_sidecar reports
-# valgrind's verdict in the exit status).
+# listen_env => 'PORT' or 'LISTEN_ADDR' (say where to listen through the
+# environment, not --listen), valgrind => 1 (then it runs under memcheck and
+# stop_sidecar reports valgrind's verdict in the exit status).
 sub start_sidecar
 {
     my ($node, %o) = @_;
     my $bin = $ENV{AGGR_SIDECAR} || "$repo/sidecar/aggr-sidecar";
     my $port = PostgreSQL::Test::Cluster::get_free_port();
     my $log = $node->basedir . "/sidecar_$port.log";
-    my @cmd = ($bin, "--listen=127.0.0.1:$port",
-        '--db=' . $node->connstr('postgres'), @{ $o{args} || [] });
+    my %env = %{ $o{env} || {} };
+    my @listen = ("--listen=127.0.0.1:$port");
+    if ($o{listen_env})
+    {
+        $env{ $o{listen_env} } =
+          $o{listen_env} eq 'PORT' ? $port : "127.0.0.1:$port";
+        @listen = ();
+    }
+    my @cmd = ($bin, @listen, '--db=' . $node->connstr('postgres'),
+        @{ $o{args} || [] });
     if ($o{valgrind})
     {
         unshift @cmd, 'valgrind', '--quiet', '--error-exitcode=1',
           '--leak-check=full', '--errors-for-leak-kinds=definite,possible',
           '--track-fds=no', "--log-file=$log.valgrind";
     }
-    local %ENV = (%ENV, %{ $o{env} || {} });
+    local %ENV = (%ENV, %env);
     my $pid = spawn($log, @cmd);
     wait_port($port, $pid, $o{valgrind} ? 60 : 15)
       or die "sidecar did not start:\n" . slurp_file($log);
