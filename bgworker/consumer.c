@@ -7,16 +7,18 @@
  * Protocol of consumer k, with Q = aggr.queue_key:
  *   Q:processing:k   elements k has taken and not yet acknowledged
  *   Q:token:k        the random token that names that batch
- * 1. Take.  BLMOVE one element from Q to the processing list (waiting on the
- *    socket and the latch, so SIGTERM and SIGHUP are honoured at once), then
- *    one script moves up to aggr.batch_size - 1 more and sets a token if none
- *    is set.  A crash at any instant leaves every element in Redis.
+ * 1. Take.  One script moves up to aggr.batch_size elements from Q to the
+ *    processing list and sets a token for them.  When Q is empty, BLMOVE
+ *    first waits for one element (on the socket and the latch, so SIGTERM
+ *    and SIGHUP are honoured at once).  A crash at any instant leaves every
+ *    element in Redis.
  * 2. Ingest.  One transaction stores the events, dead-letters the elements
  *    that are not valid events into aggr.rejected, and records the token as
  *    aggr.consumers.last_token of slot k.  It commits with synchronous_commit
  *    on: an acknowledgement must never outlive a lost commit.
- * 3. Acknowledge.  One script deletes the processing list and the token, if
- *    the token is still the one that was ingested.
+ * 3. Acknowledge.  The next take first deletes the processing list and the
+ *    token, if the token is still the one that was ingested: one round trip
+ *    per batch.
  * A consumer whose processing list is not empty (it died, or lost Redis, after
  * taking) first asks whether that token was committed: if so it only
  * acknowledges, so a redelivery never counts an event twice; if not it
@@ -53,11 +55,23 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 /* Longest wait between retries after a failure. */
 #define AGGR_MAX_BACKOFF_MS 5000
 
+/*
+ * The take script.  KEYS: queue, processing list, token key.  ARGV: a fresh
+ * token, the batch size, whether to move elements from the queue, and the
+ * token of the batch to acknowledge first ('' for none).  Acknowledging means
+ * deleting the list and the token, if the token is still that one.  Elements
+ * are moved only into a list that has no token yet: a list with a token may
+ * already be committed and must be replayed exactly as it is.  Returns
+ * {token, elements, acknowledged}.
+ */
 static const char *const take_script =
+"local acked = 0 "
+"if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then "
+"  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
+"end "
 "local tok = redis.call('GET', KEYS[3]) "
-"local list = redis.call('LRANGE', KEYS[2], 0, -1) "
-"if ARGV[3] == '1' then "
-"  local want = tonumber(ARGV[2]) - #list "
+"if not tok and ARGV[3] == '1' then "
+"  local want = tonumber(ARGV[2]) - redis.call('LLEN', KEYS[2]) "
 "  if want > 0 then "
 "    local items = redis.call('LRANGE', KEYS[1], 0, want - 1) "
 "    if #items > 0 then "
@@ -65,22 +79,17 @@ static const char *const take_script =
 "      for i = 1, #items, 1000 do "
 "        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) "
 "      end "
-"      list = redis.call('LRANGE', KEYS[2], 0, -1) "
 "    end "
 "  end "
 "end "
+"local list = redis.call('LRANGE', KEYS[2], 0, -1) "
 "if #list > 0 and not tok then tok = ARGV[1] redis.call('SET', KEYS[3], tok) end "
-"return {tok or '', list}";
-
-static const char *const ack_script =
-"if redis.call('GET', KEYS[2]) == ARGV[1] then "
-"  redis.call('DEL', KEYS[1], KEYS[2]) return 1 "
-"end "
-"return 0";
+"return {tok or '', list, acked}";
 
 /* One taken batch, copied out of hiredis memory. */
 typedef struct TakenBatch
 {
+	bool		acknowledged;	/* the batch named by the ack token was */
 	char	   *token;
 	int			nelements;
 	char	  **elements;
@@ -91,6 +100,12 @@ static int	my_slot;			/* 1-based */
 static redisContext *redis = NULL;
 static bool broker_was_down = false;
 static int	backoff_ms = 0;
+
+/*
+ * My last committed batch, acknowledged by the next take (one round trip
+ * per batch instead of two).  Lives in TopMemoryContext.
+ */
+static char *unacked_token = NULL;
 
 static void
 CloseRedis(int code, Datum arg)
@@ -171,12 +186,12 @@ KeyFor(const char *what, int slot)
  * from the queue.  Returns false when the broker failed.
  */
 static bool
-RunTake(int slot, bool move, TakenBatch *batch)
+RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 {
 	char		token_buf[33];
 	uint8		random_bytes[16];
 	char		size_buf[16];
-	const char *argv[9];
+	const char *argv[10];
 	redisReply *reply;
 
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
@@ -194,8 +209,9 @@ RunTake(int slot, bool move, TakenBatch *batch)
 	argv[6] = token_buf;
 	argv[7] = size_buf;
 	argv[8] = move ? "1" : "0";
-	reply = redisCommandArgv(redis, 9, argv, NULL);
-	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+	argv[9] = ack_token ? ack_token : "";
+	reply = redisCommandArgv(redis, 10, argv, NULL);
+	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
 		reply->element[1]->type != REDIS_REPLY_ARRAY)
 	{
 		char	   *why = pstrdup(reply == NULL ? redis->errstr :
@@ -208,6 +224,7 @@ RunTake(int slot, bool move, TakenBatch *batch)
 	}
 
 	/* copy out of hiredis memory before anything can raise */
+	batch->acknowledged = (reply->element[2]->integer == 1);
 	batch->token = pstrdup(reply->element[0]->str);
 	batch->nelements = reply->element[1]->elements;
 	batch->elements = palloc(sizeof(char *) * Max(batch->nelements, 1));
@@ -223,21 +240,6 @@ RunTake(int slot, bool move, TakenBatch *batch)
 	}
 	freeReplyObject(reply);
 	return true;
-}
-
-static bool
-Acknowledge(int slot, const char *token)
-{
-	const char *argv[6] = {"EVAL", ack_script, "2", KeyFor("processing", slot),
-	KeyFor("token", slot), token};
-	redisReply *reply = redisCommandArgv(redis, 6, argv, NULL);
-	bool		ok = (reply != NULL && reply->type == REDIS_REPLY_INTEGER);
-
-	if (reply)
-		freeReplyObject(reply);
-	if (!ok)
-		BrokerFailed("the acknowledgement failed");
-	return ok;
 }
 
 /*
@@ -471,7 +473,7 @@ MaybeCrash(int point)
 
 /*
  * Ingests a taken batch of slot k (normally my own) in one transaction,
- * unless its token shows it was committed already; then acknowledges it.
+ * unless its token shows it was committed already.  The caller acknowledges.
  */
 static void
 ProcessBatch(int slot, TakenBatch *taken)
@@ -518,9 +520,6 @@ ProcessBatch(int slot, TakenBatch *taken)
 		w->last_commit = GetCurrentTimestamp();
 		LWLockRelease(aggr_shared->lock);
 	}
-
-	if (Acknowledge(slot, taken->token))
-		MaybeCrash(3);
 }
 
 /* Checks, in a transaction of its own, that CREATE EXTENSION aggr was run. */
@@ -537,23 +536,41 @@ ExtensionInstalled(void)
 }
 
 /*
- * One step of the loop: finish the processing list of the slot if it holds
- * anything, else wait for an element and take a batch.
+ * One step of the loop.  For my own slot: acknowledge my last batch and take
+ * the next one in a single script (a list left with a token is replayed as it
+ * is), or wait for an element when the queue is empty.  For an adopted slot:
+ * replay what its list holds, then acknowledge it.
  */
 static void
-ConsumeOnce(int slot, bool may_wait)
+ConsumeOnce(int slot, bool own)
 {
 	TakenBatch	taken;
 
-	if (!RunTake(slot, false, &taken))
+	if (!RunTake(slot, own, own ? unacked_token : NULL, &taken))
 		return;
+	if (own && unacked_token != NULL)
+	{
+		/* acknowledged now, or the list is gone: nothing left to acknowledge */
+		pfree(unacked_token);
+		unacked_token = NULL;
+		if (taken.acknowledged)
+			MaybeCrash(3);
+	}
 	if (taken.nelements == 0)
 	{
-		if (!may_wait || !WaitForElement() || !RunTake(slot, true, &taken) ||
+		if (!own || !WaitForElement() || !RunTake(slot, true, NULL, &taken) ||
 			taken.nelements == 0)
 			return;
 	}
 	ProcessBatch(slot, &taken);
+	if (own)
+		unacked_token = MemoryContextStrdup(TopMemoryContext, taken.token);
+	else
+	{
+		TakenBatch	rest;
+
+		(void) RunTake(slot, false, taken.token, &rest);
+	}
 }
 
 void
