@@ -10,8 +10,9 @@
  * server counts exactly U unique and D duplicates whatever the batching, the
  * concurrency, or whether two copies share a batch.
  *
- * Everything is a function of the seed except timestamps (base_time_ms plus
- * one millisecond per unique index): the same seed gives the same topics,
+ * Everything is a function of the seed except timestamps (unique event u is
+ * stamped base_time_ms - (U - 1 - u) ms, so the newest is "now" and none lies
+ * in the future): the same seed gives the same topics,
  * event ids, payloads and order, so a second run re-sends the same events.
  * Event ids are UUID-shaped; their first 64 bits are a bijection of
  * (seed-derived offset + unique index), so they are distinct by construction
@@ -95,17 +96,18 @@ AggrGenEventKey(const AggrStream *stream, uint32_t unique, char *topic, char *ev
 			 lo >> 48, lo & UINT64_C(0xffffffffffff));
 }
 
-/* Format an ISO-8601 UTC timestamp with milliseconds. */
+/* Format an ISO-8601 UTC timestamp with milliseconds (ms may be negative). */
 static void
 FormatTimestamp(int64_t ms, char *out, size_t outlen)
 {
-	time_t		secs = (time_t) (ms / 1000);
+	int64_t		frac = ((ms % 1000) + 1000) % 1000;
+	time_t		secs = (time_t) ((ms - frac) / 1000);
 	struct tm	tm;
 
 	gmtime_r(&secs, &tm);
 	snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
 			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (ms % 1000));
+			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) frac);
 }
 
 /* Append the JSON of unique event u; the quoted source is pre-escaped. */
@@ -119,7 +121,7 @@ AppendEvent(AggrBuf *buf, const AggrStream *stream, uint32_t u,
 	const char *level = levels[EventId64(stream, u) % (sizeof(levels) / sizeof(levels[0]))];
 
 	AggrGenEventKey(stream, u, topic, event_id);
-	FormatTimestamp(base_time_ms + u, ts, sizeof(ts));
+	FormatTimestamp(base_time_ms - (stream->n_unique - 1 - (int64_t) u), ts, sizeof(ts));
 	AggrBufPrintf(buf,
 				  "{\"topic\":\"%s\",\"event_id\":\"%s\",\"timestamp\":\"%s\","
 				  "\"source\":%s,\"payload\":{\"seq\":%" PRIu32 ",\"level\":\"%s\","

@@ -24,7 +24,7 @@ typedef struct AggrGenOptions
 	int			batch_size;		/* events per request */
 	int			topics;			/* topic_0 ... topic_<topics-1> */
 	const char *source;
-	int64_t		base_time_ms;	/* timestamp of unique event 0, Unix ms */
+	int64_t		base_time_ms;	/* timestamp of the newest event, Unix ms */
 } AggrGenOptions;
 
 /* One event in send order: which unique event it copies, and its bytes. */

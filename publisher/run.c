@@ -7,9 +7,14 @@
  * AggrRunDone.  Retries go first once due.  A transient failure holds back
  * every request until that batch's retry is due (which honours Retry-After),
  * so the whole run backs off together and a struggling server is not
- * hammered by the other slots.  After SIGINT/SIGTERM no new request starts; once nothing
- * is in flight, batches never sent are settled as failed and batches waiting
- * for a retry as failed or unknown.
+ * hammered by the other slots.
+ *
+ * The give-up bound is per batch, but when a batch reaches it with no request
+ * of the run succeeding since that batch first failed, the server has been
+ * down for the whole bound: the run stops instead of starting a new bound for
+ * every batch still unsent.  After SIGINT/SIGTERM it stops too.  A stopping
+ * run starts no request; once nothing is in flight, batches never sent are
+ * settled as failed and batches waiting for a retry as failed or unknown.
  */
 #include <math.h>
 #include <stdio.h>
@@ -35,6 +40,8 @@ AggrRunInit(AggrRun *run, uint64_t seed)
 	run->in_flight = 0;
 	run->settled = 0;
 	run->hold_until_ms = 0;
+	run->last_ack_ms = 0;
+	run->stopping = NULL;
 	run->requests = run->retries = 0;
 	run->events_acked = run->accepted = 0;
 	run->server_unique = run->server_duplicates = 0;
@@ -62,10 +69,13 @@ AggrRunFree(AggrRun *run)
 	run->latency_ms = NULL;
 }
 
-static bool
-Interrupted(const AggrRun *run)
+/* Why the run starts no more requests, or NULL. */
+static const char *
+Stopping(AggrRun *run)
 {
-	return run->interrupted != NULL && *run->interrupted;
+	if (run->interrupted != NULL && *run->interrupted)
+		run->stopping = "interrupted";
+	return run->stopping;
 }
 
 int
@@ -74,7 +84,7 @@ AggrRunNext(AggrRun *run, double now_ms, double *wait_ms)
 	int			best = -1;
 
 	*wait_ms = -1;
-	if (Interrupted(run))
+	if (Stopping(run))
 		return -1;
 	if (now_ms < run->hold_until_ms)
 	{
@@ -130,6 +140,7 @@ AggrRunFinished(AggrRun *run, int b, AggrAttempt attempt, double now_ms,
 		snprintf(st->last_error, sizeof(st->last_error), "%s", error);
 	if (attempt == AGGR_ATTEMPT_ACKED)
 	{
+		run->last_ack_ms = now_ms;
 		run->events_acked += batch->count;
 		if (answer == NULL || answer->accepted < 0)
 		{
@@ -154,7 +165,12 @@ AggrRunFinished(AggrRun *run, int b, AggrAttempt attempt, double now_ms,
 			run->hold_until_ms = st->due_ms;
 	}
 	else
+	{
 		run->settled++;
+		if (st->outcome != AGGR_OUTCOME_ACKED && attempt != AGGR_ATTEMPT_REJECTED &&
+			run->last_ack_ms < st->first_failure_ms)
+			run->stopping = "not sent: the server kept failing for the whole retry bound";
+	}
 }
 
 bool
@@ -162,15 +178,15 @@ AggrRunDone(AggrRun *run)
 {
 	if (run->settled == run->stream->n_batches)
 		return true;
-	if (!Interrupted(run) || run->in_flight > 0)
+	if (!Stopping(run) || run->in_flight > 0)
 		return false;
 	for (int i = 0; i < run->n_waiting; i++)
-		AggrRetryAbandon(&run->state[run->waiting[i]], "interrupted");
+		AggrRetryAbandon(&run->state[run->waiting[i]], run->stopping);
 	run->settled += run->n_waiting;
 	run->n_waiting = 0;
 	for (; run->next_new < run->stream->n_batches; run->next_new++)
 	{
-		AggrRetryAbandon(&run->state[run->next_new], "not sent: interrupted");
+		AggrRetryAbandon(&run->state[run->next_new], run->stopping);
 		run->settled++;
 	}
 	return true;

@@ -48,6 +48,8 @@ typedef struct AggrRun
 	int			in_flight;
 	int			settled;		/* batches with a final outcome */
 	double		hold_until_ms;	/* no request starts before this */
+	double		last_ack_ms;	/* when a request last succeeded */
+	const char *stopping;		/* why no new request starts, or NULL */
 
 	/* counters */
 	long		requests;

@@ -345,10 +345,15 @@ TestGenerationFormat(void)
 		json = AggrGenEventJson(&s, i, &len);
 		CHECK(AggrJsonGetInt(json, len, "source", &v) == AGGR_JSON_WRONG_TYPE,
 			  "event with an escaped source is well-formed: %.*s", (int) len, json);
+		if (s.events[i].unique == 0)
+		{
+			StringField(json, len, "timestamp", ts, sizeof(ts));
+			CHECK(strcmp(ts, "1969-12-31T23:59:59.998Z") == 0, "before the epoch too: %s", ts);
+		}
 		if (s.events[i].unique == 2)
 		{
 			StringField(json, len, "timestamp", ts, sizeof(ts));
-			CHECK(strcmp(ts, "1970-01-01T00:00:00.002Z") == 0, "ISO-8601 UTC timestamp: %s", ts);
+			CHECK(strcmp(ts, "1970-01-01T00:00:00.000Z") == 0, "ISO-8601 UTC timestamp: %s", ts);
 		}
 		StringField(json, len, "event_id", src, sizeof(src));
 		CHECK(strlen(src) == 36 && src[8] == '-' && src[13] == '-' && src[18] == '-' && src[23] == '-',
@@ -572,6 +577,58 @@ TestRunScheduling(void)
 	CHECK(run.state[0].outcome == AGGR_OUTCOME_UNKNOWN && run.state[1].outcome == AGGR_OUTCOME_FAILED &&
 		  strstr(run.state[1].last_error, "interrupted") != NULL,
 		  "in doubt: unknown; never sent: failed (%s)", run.state[1].last_error);
+	AggrRunFree(&run);
+
+	/* a server down for the whole bound stops the run; one bad batch does not */
+	stop = 0;
+	memset(&run, 0, sizeof(run));
+	run.stream = &s;
+	run.policy = (AggrRetryPolicy) {100, 5000, 1000};
+	run.interrupted = &stop;
+	AggrRunInit(&run, 3);
+	{
+		double		now = 1000;
+		int			b;
+		int			tries = 0;
+
+		while ((b = AggrRunNext(&run, now, &wait)) == 0 && tries++ < 100)
+		{
+			AggrRunStarted(&run, b);
+			AggrRunFinished(&run, b, AGGR_ATTEMPT_NOT_APPLIED, now, 1, -1, "HTTP 503", NULL);
+			now = run.state[0].due_ms > now ? run.state[0].due_ms : now + 1;
+		}
+		CHECK(b < 0 && run.state[0].outcome == AGGR_OUTCOME_FAILED && run.stopping != NULL,
+			  "batch 0 gave up with the server down all along: the run stops (next %d)", b);
+		CHECK(AggrRunDone(&run) && run.state[1].outcome == AGGR_OUTCOME_FAILED &&
+			  strstr(run.state[1].last_error, "whole retry bound") != NULL,
+			  "unsent batches fail at once (%s)", run.state[1].last_error);
+	}
+	AggrRunFree(&run);
+
+	memset(&run, 0, sizeof(run));
+	run.stream = &s;
+	run.policy = (AggrRetryPolicy) {100, 5000, 1000};
+	run.interrupted = &stop;
+	AggrRunInit(&run, 3);
+	{
+		double		now = 1000;
+		int			b = AggrRunNext(&run, now, &wait);
+
+		AggrRunStarted(&run, b);
+		AggrRunFinished(&run, b, AGGR_ATTEMPT_MAYBE_APPLIED, now, 1, -1, "HTTP 500", NULL);
+		now = run.state[0].due_ms;
+		b = AggrRunNext(&run, now, &wait);
+		CHECK(b == 0, "the retry of batch 0 goes first");
+		AggrRunStarted(&run, b);
+		b = AggrRunNext(&run, now, &wait);
+		AggrRunStarted(&run, b);
+		AggrRunFinished(&run, b, AGGR_ATTEMPT_ACKED, now + 1, 1, -1, NULL, NULL);
+		AggrRunFinished(&run, 0, AGGR_ATTEMPT_MAYBE_APPLIED, now + 2000, 1, -1, "HTTP 500", NULL);
+		CHECK(run.state[0].outcome == AGGR_OUTCOME_UNKNOWN && run.stopping == NULL,
+			  "a batch giving up while others succeed does not stop the run");
+		b = AggrRunNext(&run, now + 2000, &wait);
+		CHECK(b == 2, "the run goes on with batch 2 (%d)", b);
+	}
 	AggrRunFree(&run);
 	AggrGenFree(&s);
 }

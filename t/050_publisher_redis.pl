@@ -384,16 +384,22 @@ my @http = ('--events', 1000, '--dup-ratio', 0.35, '--batch', 250,
     stop_responder($h);
 }
 
-# the connection dropped after the request was sent: outcome unknown
+# the connection dropped after the request was sent: outcome unknown; the
+# server failing for the whole bound stops the run, the rest never sent
 {
     my $h = start_responder(drop => 1);
-    my ($rc, $out) = publish('--url', $h->{url}, @http, '--max-retry-time', 1,
-        '--ledger', "$tmp/drop.ledger", '--json');
+    my ($rc, $out) = publish('--url', $h->{url}, @http, '--concurrency', 1,
+        '--max-retry-time', 1, '--ledger', "$tmp/drop.ledger", '--json');
     is($rc, 1, 'dropped: exit 1');
     my $sum = $J->decode($out);
-    is($sum->{unknown}, 1000, 'dropped: 1000 events of unknown outcome');
-    is_deeply([ map { $_->[2] } read_ledger("$tmp/drop.ledger") ], [ ('unknown') x 1000 ],
-        'dropped: the ledger says unknown');
+    is_deeply([ @$sum{qw(unknown failed)} ], [ 250, 750 ],
+        'dropped: batch 0 unknown, the three never sent failed');
+    like($sum->{failed_batches}[1]{error}, qr/not sent: the server kept failing/,
+        'dropped: the run stopped after one retry bound, not one per batch');
+    is_deeply([ map { $_->[2] } read_ledger("$tmp/drop.ledger") ],
+        [ ('unknown') x 250, ('failed') x 750 ], 'dropped: the ledger agrees');
+    my ($reqs) = responder_log($h);
+    is(scalar(grep { $_->[3] ne 'drop' } @$reqs), 0, 'dropped: no request was answered');
     stop_responder($h);
 }
 
