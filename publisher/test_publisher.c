@@ -511,6 +511,18 @@ TestRetryOutcomes(void)
 	CHECK(AggrClassifyRedisError(NULL) == AGGR_ATTEMPT_REJECTED, "no message: rejected");
 }
 
+/* A run over stream s with the given give-up bound. */
+static void
+StartRun(AggrRun *run, const AggrStream *s, double give_up_ms, volatile sig_atomic_t *stop)
+{
+	memset(run, 0, sizeof(*run));
+	run->stream = s;
+	run->policy = (AggrRetryPolicy) {100, 5000, give_up_ms};
+	run->concurrency = 3;
+	run->interrupted = stop;
+	AggrRunInit(run, 3);
+}
+
 static void
 TestRunScheduling(void)
 {
@@ -526,12 +538,7 @@ TestRunScheduling(void)
 				b2;
 
 	AggrGenBuild(&o, &s, err, sizeof(err));
-	memset(&run, 0, sizeof(run));
-	run.stream = &s;
-	run.policy = (AggrRetryPolicy) {100, 5000, 60000};
-	run.concurrency = 3;
-	run.interrupted = &stop;
-	AggrRunInit(&run, 3);
+	StartRun(&run, &s, 60000, &stop);
 
 	b0 = AggrRunNext(&run, 1000, &wait);
 	b1 = AggrRunNext(&run, 1000, &wait);
@@ -562,11 +569,7 @@ TestRunScheduling(void)
 	AggrRunFree(&run);
 
 	/* an interrupt settles what never went and what waits for a retry */
-	memset(&run, 0, sizeof(run));
-	run.stream = &s;
-	run.policy = (AggrRetryPolicy) {100, 5000, 60000};
-	run.interrupted = &stop;
-	AggrRunInit(&run, 3);
+	StartRun(&run, &s, 60000, &stop);
 	b0 = AggrRunNext(&run, 1000, &wait);
 	AggrRunStarted(&run, b0);
 	stop = 1;
@@ -581,11 +584,7 @@ TestRunScheduling(void)
 
 	/* a server down for the whole bound stops the run; one bad batch does not */
 	stop = 0;
-	memset(&run, 0, sizeof(run));
-	run.stream = &s;
-	run.policy = (AggrRetryPolicy) {100, 5000, 1000};
-	run.interrupted = &stop;
-	AggrRunInit(&run, 3);
+	StartRun(&run, &s, 1000, &stop);
 	{
 		double		now = 1000;
 		int			b;
@@ -605,11 +604,7 @@ TestRunScheduling(void)
 	}
 	AggrRunFree(&run);
 
-	memset(&run, 0, sizeof(run));
-	run.stream = &s;
-	run.policy = (AggrRetryPolicy) {100, 5000, 1000};
-	run.interrupted = &stop;
-	AggrRunInit(&run, 3);
+	StartRun(&run, &s, 1000, &stop);
 	{
 		double		now = 1000;
 		int			b = AggrRunNext(&run, now, &wait);
