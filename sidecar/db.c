@@ -1,13 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * db.c
- *	  The libpq side of aggr-sidecar: one database connection per HTTP
- *	  thread, the statements it prepares, and the one table that maps a
- *	  SQLSTATE to an HTTP status.
+ *	  The libpq side of aggr-sidecar: a pool of --threads database workers,
+ *	  each owning one connection and the statements prepared on it, fed by
+ *	  one job queue; and the one table that maps a SQLSTATE to an HTTP
+ *	  status.
  *
  *	  Protocol kept here:
- *	  - A thread owns its connection alone (a thread-local slot), so no
- *		lock is ever taken around libpq.
+ *	  - A worker owns its connection alone (a thread-local slot), so no
+ *		lock is ever taken around libpq.  Jobs are taken in order, except
+ *		urgent ones (/healthz), which go to the head of the queue.
+ *	  - On stop, the workers finish every queued job, then close their
+ *		connections.
  *	  - Connections are opened lazily, with TimeZone = UTC, and statements
  *		are prepared on first use, so that the sidecar starts and answers
  *		503 while the database or the extension is missing.
@@ -22,7 +26,7 @@
  *-------------------------------------------------------------------------
  */
 #include <poll.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,31 +149,98 @@ typedef struct DbSlot
 } DbSlot;
 
 static DbSlot *slots;
-static int	nslots;
-static atomic_int slots_taken;
+static pthread_t *workers;
+static int	nworkers;
 static __thread DbSlot *my_slot;
 
-void
-AggrDbInit(int nthreads)
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_cond = PTHREAD_COND_INITIALIZER;
+static AggrJob *queue_head;
+static AggrJob *queue_tail;
+static bool stopping;
+
+static void *
+WorkerMain(void *arg)
 {
-	/* MHD calls handlers from its pool threads only; keep a spare */
-	nslots = nthreads + 1;
-	slots = calloc(nslots, sizeof(DbSlot));
-	if (slots == NULL)
-		abort();
-	for (int i = 0; i < nslots; i++)
-		slots[i].id = i + 1;
+	my_slot = arg;
+	for (;;)
+	{
+		AggrJob    *job;
+
+		pthread_mutex_lock(&queue_lock);
+		while (queue_head == NULL && !stopping)
+			pthread_cond_wait(&queue_cond, &queue_lock);
+		job = queue_head;
+		if (job != NULL && (queue_head = job->next) == NULL)
+			queue_tail = NULL;
+		pthread_mutex_unlock(&queue_lock);
+		if (job == NULL)
+			return NULL;		/* stopping, and nothing left */
+		job->next = NULL;
+		job->run(job);
+	}
 }
 
 void
-AggrDbShutdown(void)
+AggrDbStart(int n)
 {
-	for (int i = 0; i < nslots; i++)
+	nworkers = n;
+	slots = calloc(n, sizeof(DbSlot));
+	workers = calloc(n, sizeof(pthread_t));
+	if (slots == NULL || workers == NULL)
+		abort();
+	for (int i = 0; i < n; i++)
+	{
+		slots[i].id = i + 1;
+		if (pthread_create(&workers[i], NULL, WorkerMain, &slots[i]) != 0)
+		{
+			AggrLog("fatal", "cannot start database worker %d", i + 1);
+			abort();
+		}
+	}
+}
+
+void
+AggrDbSubmit(AggrJob *job, bool urgent)
+{
+	pthread_mutex_lock(&queue_lock);
+	if (queue_head == NULL)
+	{
+		job->next = NULL;
+		queue_head = queue_tail = job;
+	}
+	else if (urgent)
+	{
+		job->next = queue_head;
+		queue_head = job;
+	}
+	else
+	{
+		job->next = NULL;
+		queue_tail->next = job;
+		queue_tail = job;
+	}
+	pthread_cond_signal(&queue_cond);
+	pthread_mutex_unlock(&queue_lock);
+}
+
+void
+AggrDbStop(void)
+{
+	pthread_mutex_lock(&queue_lock);
+	stopping = true;
+	pthread_cond_broadcast(&queue_cond);
+	pthread_mutex_unlock(&queue_lock);
+	for (int i = 0; i < nworkers; i++)
+		pthread_join(workers[i], NULL);
+	for (int i = 0; i < nworkers; i++)
 		if (slots[i].conn)
 			PQfinish(slots[i].conn);
+	free(workers);
 	free(slots);
+	workers = NULL;
 	slots = NULL;
-	nslots = 0;
+	nworkers = 0;
 }
 
 static void
@@ -235,23 +306,6 @@ DropConnection(DbSlot *slot)
 		PQfinish(slot->conn);
 	slot->conn = NULL;
 	memset(slot->prepared, 0, sizeof(slot->prepared));
-}
-
-static DbSlot *
-MySlot(void)
-{
-	if (my_slot == NULL)
-	{
-		int			i = atomic_fetch_add(&slots_taken, 1);
-
-		if (i >= nslots)
-		{
-			AggrLog("fatal", "more HTTP threads than database slots");
-			abort();
-		}
-		my_slot = &slots[i];
-	}
-	return my_slot;
 }
 
 static bool
@@ -431,7 +485,7 @@ PGresult *
 AggrDbExec(AggrStmt stmt, const char *const *values, const int *lengths,
 		   const int *formats, AggrDbError *err)
 {
-	DbSlot	   *slot = MySlot();
+	DbSlot	   *slot = my_slot;
 
 	for (int attempt = 1;; attempt++)
 	{

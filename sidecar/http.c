@@ -7,12 +7,15 @@
  *	  --max-body, then one SQL call on this thread's connection, then one
  *	  JSON access-log line when MHD reports the request complete.
  *
- *	  Threading: MHD runs a pool of --threads polling threads (epoll), each
- *	  serving many connections without blocking on any client; a handler
- *	  runs in the thread that polled its connection and uses that thread's
- *	  libpq connection.  A slow or idle client therefore holds a connection
- *	  slot, never a thread, and /healthz waits at most for one database
- *	  round trip of its thread (bounded by --db-timeout).
+ *	  Threading: one MHD polling thread (epoll) does all the socket work and
+ *	  never blocks on a client or on the database.  When a request needs SQL,
+ *	  its connection is suspended and the request goes to the queue of the
+ *	  --threads database workers (db.c), each with its own libpq
+ *	  connection; the worker fills in the answer and resumes the connection,
+ *	  and MHD calls the handler again to send it.  A slow or idle client
+ *	  therefore holds a connection slot, never a thread; any free database
+ *	  connection serves any request; and /healthz jumps the queue, so it
+ *	  waits at most for one database round trip (bounded by --db-timeout).
  *
  *-------------------------------------------------------------------------
  */
@@ -33,25 +36,37 @@
 #define EVENTS_MAX_LIMIT 10000
 #define LOG_PATH_MAX 512
 
-typedef struct Header
+/* what a request is answered with, filled in before MHD sees it */
+typedef struct ReplyData
 {
-	const char *name;
-	const char *value;
-} Header;
+	int			status;
+	const char *content_type;
+	AggrBuf		body;
+	const char *allow;			/* Allow header, or NULL */
+	bool		retry_after;
+	bool		www_authenticate;
+	char	   *link;			/* Link header (malloc'd), or NULL */
+} ReplyData;
 
 typedef struct Request
 {
+	AggrJob		job;			/* first member: a database worker runs it */
+	struct MHD_Connection *conn;
 	int64_t		start_us;
 	AggrRoute	route;
 	char		method[16];
 	char	   *path;
-	bool		responded;
+	bool		queued;			/* handed to a database worker */
+	bool		answered;		/* answer filled in */
+	bool		responded;		/* answer queued with MHD */
 	bool		too_large;
 	char	   *body;
 	size_t		body_len;
 	size_t		body_cap;
-	int			status;
-	size_t		bytes;
+	char	   *topic;			/* GET /events parameters */
+	int64_t		limit;
+	int64_t		after;			/* -1: none */
+	ReplyData	answer;
 	long		accepted;		/* -1 when not a successful publish */
 } Request;
 
@@ -87,75 +102,67 @@ AggrHttpBeginShutdown(void)
 	atomic_store(&shutting_down, true);
 }
 
-/* queue a response; headers is NULL or ends with a NULL name */
-static enum MHD_Result
-Reply(struct MHD_Connection *conn, Request *req, int status,
-	  const char *content_type, const char *body, size_t len,
-	  const Header *headers)
+/* the answer: status, type and body (copied) */
+static void
+Answer(Request *req, int status, const char *content_type, const char *body,
+	   size_t len)
 {
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
-
-	resp = MHD_create_response_from_buffer(len, (void *) body,
-										   MHD_RESPMEM_MUST_COPY);
-	if (resp == NULL)
-		return MHD_NO;
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-	for (const Header *h = headers; h && h->name; h++)
-		MHD_add_response_header(resp, h->name, h->value);
-	if (atomic_load(&shutting_down))
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-	ret = MHD_queue_response(conn, status, resp);
-	MHD_destroy_response(resp);
-	if (ret == MHD_YES)
-	{
-		req->responded = true;
-		req->status = status;
-		req->bytes = len;
-	}
-	return ret;
+	req->answer.status = status;
+	req->answer.content_type = content_type;
+	AggrBufAppend(&req->answer.body, body, len);
+	req->answered = true;
 }
 
-static enum MHD_Result
-ReplyJson(struct MHD_Connection *conn, Request *req, int status,
-		  const AggrBuf *body, const Header *headers)
+/* answer {"error": message} */
+static void
+AnswerError(Request *req, int status, const char *message)
 {
-	return Reply(conn, req, status, json_type, body->data, body->len,
-				 headers);
-}
+	AggrBuf    *body = &req->answer.body;
 
-/* {"error": message} */
-static enum MHD_Result
-ReplyError(struct MHD_Connection *conn, Request *req, int status,
-		   const char *message, const Header *headers)
-{
-	AggrBuf		body;
-	enum MHD_Result ret;
-
-	AggrBufInit(&body, 128);
-	AggrBufAppendStr(&body, "{\"error\":");
-	AggrBufJsonString(&body, message);
-	AggrBufAppendStr(&body, "}");
-	ret = ReplyJson(conn, req, status, &body, headers);
-	AggrBufFree(&body);
-	return ret;
+	AggrBufAppendStr(body, "{\"error\":");
+	AggrBufJsonString(body, message);
+	AggrBufAppendStr(body, "}");
+	Answer(req, status, json_type, "", 0);
 }
 
 /* the status, Retry-After and body that a failed SQL call earns */
-static enum MHD_Result
-ReplyDbError(struct MHD_Connection *conn, Request *req,
-			 const AggrDbError *err)
+static void
+AnswerDbError(Request *req, const AggrDbError *err)
 {
 	const AggrErrorMap *map = AggrSqlstateLookup(err->sqlstate);
-	static const Header retry[] = {{"Retry-After", "1"}, {NULL, NULL}};
-	AggrBuf		body;
+
+	AggrDbErrorJson(&req->answer.body, err);
+	req->answer.retry_after = map->retry_after;
+	Answer(req, map->http_status, json_type, "", 0);
+}
+
+/* hand the answer to MHD; called in the MHD thread only */
+static enum MHD_Result
+Reply(struct MHD_Connection *conn, Request *req)
+{
+	ReplyData  *a = &req->answer;
+	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
-	AggrBufInit(&body, 256);
-	AggrDbErrorJson(&body, err);
-	ret = ReplyJson(conn, req, map->http_status, &body,
-					map->retry_after ? retry : NULL);
-	AggrBufFree(&body);
+	resp = MHD_create_response_from_buffer(a->body.len, a->body.data,
+										   MHD_RESPMEM_MUST_COPY);
+	if (resp == NULL)
+		return MHD_NO;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->content_type);
+	if (a->allow)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, a->allow);
+	if (a->retry_after)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	if (a->www_authenticate)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+	if (a->link)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_LINK, a->link);
+	if (atomic_load(&shutting_down))
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+	ret = MHD_queue_response(conn, a->status, resp);
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES)
+		req->responded = true;
 	return ret;
 }
 
@@ -192,8 +199,11 @@ TokenMatches(const char *auth)
 	return diff == 0 && alen == tlen;
 }
 
-/* decisions taken from the headers alone, before any body byte is read */
-static enum MHD_Result
+/*
+ * Decisions taken from the headers alone, before any body byte is read;
+ * answers the request when one of them refuses it.
+ */
+static void
 PublishHeaders(struct MHD_Connection *conn, Request *req)
 {
 	const char *cl;
@@ -204,29 +214,28 @@ PublishHeaders(struct MHD_Connection *conn, Request *req)
 		!TokenMatches(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 												  MHD_HTTP_HEADER_AUTHORIZATION)))
 	{
-		static const Header h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
-
-		return ReplyError(conn, req, 401, "missing or wrong bearer token", h);
+		req->answer.www_authenticate = true;
+		AnswerError(req, 401, "missing or wrong bearer token");
+		return;
 	}
 
 	MHD_get_connection_values(conn, MHD_HEADER_KIND, CountHeader, &ncl);
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 									 MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (ncl > 1)
-		return ReplyError(conn, req, 400, "more than one Content-Length header",
-						  NULL);
-	if (cl && MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-										  MHD_HTTP_HEADER_TRANSFER_ENCODING))
-		return ReplyError(conn, req, 400,
-						  "both Content-Length and Transfer-Encoding", NULL);
-	if (cl && (!AggrParseInt64(cl, &len) || len < 0))
-		return ReplyError(conn, req, 400, "invalid Content-Length", NULL);
-	if (len > (int64_t) aggr_config.max_body)
-		return ReplyError(conn, req, 413, "request body too large", NULL);
-
-	req->body_cap = (len > 0 ? (size_t) len : 4096) + 1;
-	req->body = AggrMalloc(req->body_cap);
-	return MHD_YES;
+		AnswerError(req, 400, "more than one Content-Length header");
+	else if (cl && MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+											   MHD_HTTP_HEADER_TRANSFER_ENCODING))
+		AnswerError(req, 400, "both Content-Length and Transfer-Encoding");
+	else if (cl && (!AggrParseInt64(cl, &len) || len < 0))
+		AnswerError(req, 400, "invalid Content-Length");
+	else if (len > (int64_t) aggr_config.max_body)
+		AnswerError(req, 413, "request body too large");
+	else
+	{
+		req->body_cap = (len > 0 ? (size_t) len : 4096) + 1;
+		req->body = AggrMalloc(req->body_cap);
+	}
 }
 
 static void
@@ -255,8 +264,8 @@ PublishAppend(Request *req, const char *data, size_t size)
 	req->body_len += size;
 }
 
-static enum MHD_Result
-Publish(struct MHD_Connection *conn, Request *req)
+static void
+Publish(Request *req)
 {
 	/*
 	 * The body goes as a binary-format text parameter: its length travels
@@ -268,158 +277,152 @@ Publish(struct MHD_Connection *conn, Request *req)
 	int			formats[1] = {1};
 	AggrDbError err = {0};
 	PGresult   *res;
-	enum MHD_Result ret;
 
 	res = AggrDbExec(AGGR_STMT_PUBLISH, values, lengths, formats, &err);
 	if (res == NULL)
-	{
-		ret = ReplyDbError(conn, req, &err);
-		AggrDbErrorFree(&err);
-		return ret;
-	}
-	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
-		ret = ReplyError(conn, req, 500, "aggr_publish returned no result", NULL);
+		AnswerDbError(req, &err);
+	else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		AnswerError(req, 500, "aggr_publish returned no result");
 	else
 	{
 		/* a "unique" key means ingested now (200), else queued (202) */
 		bool		direct = PQgetvalue(res, 0, 1)[0] == 't';
 
-		ret = Reply(conn, req, direct ? 200 : 202, json_type,
-					PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0), NULL);
+		Answer(req, direct ? 200 : 202, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
 		req->accepted = atol(PQgetvalue(res, 0, 2));
 	}
 	PQclear(res);
-	return ret;
+	AggrDbErrorFree(&err);
 }
 
 /* ---- GET /events ---- */
 
-static enum MHD_Result
-Events(struct MHD_Connection *conn, Request *req)
+/* the query parameters, checked in the MHD thread; false when answered 400 */
+static bool
+EventsParams(struct MHD_Connection *conn, Request *req)
 {
 	const char *topic = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "topic");
-	const char *limit_s = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
-	const char *after_s = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
-	int64_t		limit = EVENTS_DEFAULT_LIMIT;
-	int64_t		after = 0;
+	const char *limit = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+	const char *after = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
+
+	req->limit = EVENTS_DEFAULT_LIMIT;
+	req->after = -1;
+	if (limit && (!AggrParseInt64(limit, &req->limit) || req->limit < 1 ||
+				  req->limit > EVENTS_MAX_LIMIT))
+	{
+		AnswerError(req, 400, "limit must be an integer from 1 to 10000");
+		return false;
+	}
+	if (after && (!AggrParseInt64(after, &req->after) || req->after < 0))
+	{
+		AnswerError(req, 400, "after must be a non-negative integer");
+		return false;
+	}
+	/* ?topic= means every topic */
+	if (topic && topic[0] != '\0')
+		req->topic = AggrStrdup(topic);
+	return true;
+}
+
+static void
+Events(Request *req)
+{
 	char		limit_txt[24];
 	char		after_txt[24];
 	const char *values[3];
 	AggrDbError err = {0};
 	PGresult   *res;
-	enum MHD_Result ret;
-	AggrBuf		link;
-	Header		headers[2] = {{NULL, NULL}, {NULL, NULL}};
 
-	if (topic && topic[0] == '\0')
-		topic = NULL;			/* ?topic= means every topic */
-	if (limit_s && (!AggrParseInt64(limit_s, &limit) || limit < 1 ||
-					limit > EVENTS_MAX_LIMIT))
-		return ReplyError(conn, req, 400,
-						  "limit must be an integer from 1 to 10000", NULL);
-	if (after_s && (!AggrParseInt64(after_s, &after) || after < 0))
-		return ReplyError(conn, req, 400,
-						  "after must be a non-negative integer", NULL);
-	snprintf(limit_txt, sizeof(limit_txt), "%lld", (long long) limit);
-	snprintf(after_txt, sizeof(after_txt), "%lld", (long long) after);
-	values[0] = topic;
+	snprintf(limit_txt, sizeof(limit_txt), "%lld", (long long) req->limit);
+	snprintf(after_txt, sizeof(after_txt), "%lld", (long long) req->after);
+	values[0] = req->topic;
 	values[1] = limit_txt;
-	values[2] = after_s ? after_txt : NULL;
+	values[2] = req->after >= 0 ? after_txt : NULL;
 
 	res = AggrDbExec(AGGR_STMT_EVENTS, values, NULL, NULL, &err);
 	if (res == NULL)
 	{
-		ret = ReplyDbError(conn, req, &err);
+		AnswerDbError(req, &err);
 		AggrDbErrorFree(&err);
-		return ret;
+		return;
 	}
 
 	/* a full page announces the next one */
-	AggrBufInit(&link, 128);
-	if (!PQgetisnull(res, 0, 1) && atoll(PQgetvalue(res, 0, 2)) == limit)
+	if (!PQgetisnull(res, 0, 1) && atoll(PQgetvalue(res, 0, 2)) == req->limit)
 	{
+		AggrBuf		link;
+
+		AggrBufInit(&link, 128);
 		AggrBufAppendStr(&link, "</events?");
-		if (topic)
+		if (req->topic)
 		{
 			AggrBufAppendStr(&link, "topic=");
-			AggrBufUrlEncode(&link, topic);
+			AggrBufUrlEncode(&link, req->topic);
 			AggrBufAppendStr(&link, "&");
 		}
 		AggrBufPrintf(&link, "limit=%lld&after=%s>; rel=\"next\"",
-					  (long long) limit, PQgetvalue(res, 0, 1));
-		headers[0].name = "Link";
-		headers[0].value = link.data;
+					  (long long) req->limit, PQgetvalue(res, 0, 1));
+		req->answer.link = link.data;
 	}
-	ret = Reply(conn, req, 200, json_type, PQgetvalue(res, 0, 0),
-				PQgetlength(res, 0, 0), headers);
-	AggrBufFree(&link);
+	Answer(req, 200, json_type, PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
 	PQclear(res);
-	return ret;
 }
 
 /* ---- GET /stats, GET /healthz ---- */
 
-static enum MHD_Result
-Stats(struct MHD_Connection *conn, Request *req)
+static void
+Stats(Request *req)
 {
 	AggrDbError err = {0};
 	PGresult   *res = AggrDbExec(AGGR_STMT_STATS, NULL, NULL, NULL, &err);
-	enum MHD_Result ret;
 
 	if (res == NULL)
-	{
-		ret = ReplyDbError(conn, req, &err);
-		AggrDbErrorFree(&err);
-		return ret;
-	}
-	ret = Reply(conn, req, 200, json_type, PQgetvalue(res, 0, 0),
-				PQgetlength(res, 0, 0), NULL);
+		AnswerDbError(req, &err);
+	else
+		Answer(req, 200, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
 	PQclear(res);
-	return ret;
+	AggrDbErrorFree(&err);
 }
 
-static enum MHD_Result
-Healthz(struct MHD_Connection *conn, Request *req)
+static void
+Healthz(Request *req)
 {
-	static const Header retry[] = {{"Retry-After", "1"}, {NULL, NULL}};
 	AggrDbError err = {0};
 	PGresult   *res = AggrDbExec(AGGR_STMT_HEALTH, NULL, NULL, NULL, &err);
-	enum MHD_Result ret;
-	AggrBuf		body;
+	AggrBuf    *body = &req->answer.body;
 
 	if (res != NULL)
 	{
 		bool		ok = PQgetvalue(res, 0, 1)[0] == 't';
 
-		ret = Reply(conn, req, ok ? 200 : 503, json_type,
-					PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0), NULL);
+		Answer(req, ok ? 200 : 503, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
 		PQclear(res);
-		return ret;
+		return;
 	}
 
-	AggrBufInit(&body, 256);
 	if (AggrDbIsConnectionError(&err))
 	{
-		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"down\",\"error\":");
-		AggrBufJsonString(&body, err.message);
-		AggrBufAppendStr(&body, "}");
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"down\",\"error\":");
+		AggrBufJsonString(body, err.message);
+		AggrBufAppendStr(body, "}");
+		req->answer.retry_after = true;
 	}
 	else if (strcmp(err.sqlstate, "42883") == 0 ||
 			 strcmp(err.sqlstate, "3F000") == 0)
-		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"ok\",\"extension\":\"missing\"}");
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"extension\":\"missing\"}");
 	else
 	{
-		AggrBufAppendStr(&body, "{\"status\":\"down\",\"database\":\"ok\",\"error\":");
-		AggrBufJsonString(&body, err.message);
-		AggrBufAppendStr(&body, ",\"sqlstate\":");
-		AggrBufJsonString(&body, err.sqlstate);
-		AggrBufAppendStr(&body, "}");
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"error\":");
+		AggrBufJsonString(body, err.message);
+		AggrBufAppendStr(body, ",\"sqlstate\":");
+		AggrBufJsonString(body, err.sqlstate);
+		AggrBufAppendStr(body, "}");
 	}
-	ret = ReplyJson(conn, req, 503, &body,
-					AggrDbIsConnectionError(&err) ? retry : NULL);
-	AggrBufFree(&body);
+	Answer(req, 503, json_type, "", 0);
 	AggrDbErrorFree(&err);
-	return ret;
 }
 
 /* ---- GET /metrics ---- */
@@ -467,18 +470,16 @@ IsCounterKey(const char *key)
 	return false;
 }
 
-static enum MHD_Result
-Metrics(struct MHD_Connection *conn, Request *req)
+static void
+Metrics(Request *req)
 {
 	AggrDbError err = {0};
 	PGresult   *res = AggrDbExec(AGGR_STMT_METRICS, NULL, NULL, NULL, &err);
-	AggrBuf		body;
+	AggrBuf    *body = &req->answer.body;
 	bool		topic_type_done = false;
-	enum MHD_Result ret;
 
-	AggrBufInit(&body, 4096);
-	AggrMetricsRender(&body);
-	AggrBufPrintf(&body,
+	AggrMetricsRender(body);
+	AggrBufPrintf(body,
 				  "# HELP aggr_database_up Whether aggr_stats() answered.\n"
 				  "# TYPE aggr_database_up gauge\n"
 				  "aggr_database_up %d\n", res != NULL);
@@ -494,33 +495,61 @@ Metrics(struct MHD_Connection *conn, Request *req)
 		{
 			bool		counter = IsCounterKey(key);
 
-			AggrBufAppendStr(&body, "# TYPE ");
-			AppendMetricName(&body, key);
-			AggrBufPrintf(&body, "%s %s\n", counter ? "_total" : "",
+			AggrBufAppendStr(body, "# TYPE ");
+			AppendMetricName(body, key);
+			AggrBufPrintf(body, "%s %s\n", counter ? "_total" : "",
 						  counter ? "counter" : "gauge");
-			AppendMetricName(&body, key);
-			AggrBufPrintf(&body, "%s %s\n", counter ? "_total" : "", value);
+			AppendMetricName(body, key);
+			AggrBufPrintf(body, "%s %s\n", counter ? "_total" : "", value);
 		}
 		else
 		{
 			if (!topic_type_done)
-				AggrBufAppendStr(&body, "# TYPE aggr_topic_events gauge\n");
+				AggrBufAppendStr(body, "# TYPE aggr_topic_events gauge\n");
 			topic_type_done = true;
-			AggrBufAppendStr(&body, "aggr_topic_events{topic=\"");
-			AppendLabelValue(&body, key);
-			AggrBufPrintf(&body, "\"} %s\n", value);
+			AggrBufAppendStr(body, "aggr_topic_events{topic=\"");
+			AppendLabelValue(body, key);
+			AggrBufPrintf(body, "\"} %s\n", value);
 		}
 	}
-	ret = Reply(conn, req, 200, "text/plain; version=0.0.4; charset=utf-8",
-				body.data, body.len, NULL);
-	AggrBufFree(&body);
-	if (res)
-		PQclear(res);
+	Answer(req, 200, "text/plain; version=0.0.4; charset=utf-8", "", 0);
+	PQclear(res);
 	AggrDbErrorFree(&err);
-	return ret;
 }
 
 /* ---- request lifecycle ---- */
+
+/* run by a database worker: answer, then give the connection back to MHD */
+static void
+RunRequest(AggrJob *job)
+{
+	Request    *req = (Request *) job;
+	struct MHD_Connection *conn = req->conn;
+
+	switch (req->route)
+	{
+		case AGGR_ROUTE_PUBLISH:
+			Publish(req);
+			break;
+		case AGGR_ROUTE_EVENTS:
+			Events(req);
+			break;
+		case AGGR_ROUTE_STATS:
+			Stats(req);
+			break;
+		case AGGR_ROUTE_HEALTHZ:
+			Healthz(req);
+			break;
+		case AGGR_ROUTE_METRICS:
+			Metrics(req);
+			break;
+		default:
+			AnswerError(req, 404, "not found");
+			break;
+	}
+	/* from here on the MHD thread owns req again */
+	MHD_resume_connection(conn);
+}
 
 static Request *
 NewRequest(const char *url, const char *method)
@@ -529,9 +558,11 @@ NewRequest(const char *url, const char *method)
 	size_t		len = strlen(url);
 
 	memset(req, 0, sizeof(*req));
+	req->job.run = RunRequest;
 	req->start_us = AggrNowUs();
 	req->route = AGGR_ROUTE_OTHER;
 	req->accepted = -1;
+	AggrBufInit(&req->answer.body, 256);
 	snprintf(req->method, sizeof(req->method), "%s", method);
 	if (len > LOG_PATH_MAX)
 		len = LOG_PATH_MAX;
@@ -543,7 +574,7 @@ NewRequest(const char *url, const char *method)
 }
 
 /* first call: the headers are in, no body byte read yet */
-static enum MHD_Result
+static void
 StartRequest(struct MHD_Connection *conn, Request *req, const char *url,
 			 const char *method)
 {
@@ -556,18 +587,18 @@ StartRequest(struct MHD_Connection *conn, Request *req, const char *url,
 		if (strcmp(url, routes[i].path) == 0)
 			def = &routes[i];
 	if (def == NULL)
-		return ReplyError(conn, req, 404, "not found", NULL);
+	{
+		AnswerError(req, 404, "not found");
+		return;
+	}
 	req->route = def->route;
 	if (def->post ? !is_post : !is_get)
 	{
-		Header		allow[] = {{"Allow", def->post ? "POST" : "GET, HEAD"},
-		{NULL, NULL}};
-
-		return ReplyError(conn, req, 405, "method not allowed", allow);
+		req->answer.allow = def->post ? "POST" : "GET, HEAD";
+		AnswerError(req, 405, "method not allowed");
 	}
-	if (def->post)
-		return PublishHeaders(conn, req);
-	return MHD_YES;
+	else if (def->post)
+		PublishHeaders(conn, req);
 }
 
 static enum MHD_Result
@@ -583,7 +614,8 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 	{
 		req = NewRequest(url, method);
 		*con_cls = req;
-		return StartRequest(conn, req, url, method);
+		StartRequest(conn, req, url, method);
+		return req->answered ? Reply(conn, req) : MHD_YES;
 	}
 	if (*upload_data_size > 0)
 	{
@@ -594,24 +626,24 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 	if (req->responded)
 		return MHD_YES;
+	if (req->answered)
+		return Reply(conn, req);	/* also after a worker resumed us */
+	if (req->queued)
+		return MHD_YES;
 	if (req->too_large)
-		return ReplyError(conn, req, 413, "request body too large", NULL);
-
-	switch (req->route)
 	{
-		case AGGR_ROUTE_PUBLISH:
-			return Publish(conn, req);
-		case AGGR_ROUTE_EVENTS:
-			return Events(conn, req);
-		case AGGR_ROUTE_STATS:
-			return Stats(conn, req);
-		case AGGR_ROUTE_HEALTHZ:
-			return Healthz(conn, req);
-		case AGGR_ROUTE_METRICS:
-			return Metrics(conn, req);
-		default:
-			return ReplyError(conn, req, 404, "not found", NULL);
+		AnswerError(req, 413, "request body too large");
+		return Reply(conn, req);
 	}
+	if (req->route == AGGR_ROUTE_EVENTS && !EventsParams(conn, req))
+		return Reply(conn, req);
+
+	/* the body is in: hand the request to a database worker */
+	req->conn = conn;
+	req->queued = true;
+	MHD_suspend_connection(conn);
+	AggrDbSubmit(&req->job, req->route == AGGR_ROUTE_HEALTHZ);
+	return MHD_YES;
 }
 
 /* one JSON access-log line, the metrics, and the end of the request */
@@ -620,6 +652,8 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		  enum MHD_RequestTerminationCode toe)
 {
 	Request    *req = *con_cls;
+	int			status;
+	size_t		bytes;
 	int64_t		duration_us;
 	AggrBuf		line;
 	char		now[40];
@@ -629,8 +663,10 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (req == NULL)
 		return;
 	*con_cls = NULL;
+	status = req->responded ? req->answer.status : 0;
+	bytes = req->responded ? req->answer.body.len : 0;
 	duration_us = AggrNowUs() - req->start_us;
-	AggrMetricsRecord(req->route, req->status, duration_us, req->accepted);
+	AggrMetricsRecord(req->route, status, duration_us, req->accepted);
 
 	AggrFormatUtcNow(now, sizeof(now));
 	AggrBufInit(&line, 256);
@@ -639,7 +675,7 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	AggrBufAppendStr(&line, ",\"path\":");
 	AggrBufJsonString(&line, req->path);
 	AggrBufPrintf(&line, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f",
-				  req->status, req->bytes, duration_us / 1000.0);
+				  status, bytes, duration_us / 1000.0);
 	if (req->accepted >= 0)
 		AggrBufPrintf(&line, ",\"accepted\":%ld", req->accepted);
 	else
@@ -655,6 +691,9 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	free(req->body);
 	free(req->path);
+	free(req->topic);
+	free(req->answer.link);
+	AggrBufFree(&req->answer.body);
 	free(req);
 	atomic_fetch_sub(&inflight, 1);
 }
@@ -666,19 +705,18 @@ MhdLog(void *cls, const char *fmt, va_list ap)
 	AggrLogV("mhd", fmt, ap);
 }
 
+/* one polling thread: it only moves bytes, the database work is elsewhere */
 struct MHD_Daemon *
 AggrHttpStart(const void *sockaddr)
 {
 	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-		MHD_USE_ITC | MHD_USE_ERROR_LOG;
+		MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 
 	if (((const struct sockaddr *) sockaddr)->sa_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	return MHD_start_daemon(flags, 0, NULL, NULL, Handler, NULL,
 							MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
 							MHD_OPTION_SOCK_ADDR, sockaddr,
-							MHD_OPTION_THREAD_POOL_SIZE,
-							(unsigned int) aggr_config.threads,
 							MHD_OPTION_CONNECTION_LIMIT, aggr_config.max_conns,
 							MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 							aggr_config.max_conns_per_ip,

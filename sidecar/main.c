@@ -9,8 +9,8 @@
  *	  is closed first (MHD_quiesce_daemon), so no new connection is
  *	  accepted; requests already started are given up to --drain seconds to
  *	  finish, and answers sent meanwhile carry "Connection: close"; then
- *	  the MHD threads stop, the database connections close, and the process
- *	  exits 0.
+ *	  the database workers answer whatever is still queued and close their
+ *	  connections, MHD stops, and the process exits 0.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,7 +57,7 @@ Usage(FILE *out)
 			"  --db=CONNINFO          libpq URL or conninfo of the database with aggr\n"
 			"                         installed (env DATABASE_URL; default: libpq's PG*\n"
 			"                         environment)\n"
-			"  --threads=N            HTTP threads, each with one database connection\n"
+			"  --threads=N            database workers, each with one connection\n"
 			"                         (default: cores, from 2 to 4)\n"
 			"  --max-body=BYTES       largest POST /publish body, K/M suffixes allowed\n"
 			"                         (default 8M)\n"
@@ -329,15 +329,15 @@ main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
-	AggrDbInit(aggr_config.threads);
+	AggrDbStart(aggr_config.threads);
 	daemon = AggrHttpStart(&addr);
 	if (daemon == NULL)
 	{
 		AggrLog("fatal", "cannot listen on %s", aggr_config.listen);
-		AggrDbShutdown();
+		AggrDbStop();
 		return 1;
 	}
-	AggrLog("info", "listening on %s with %d threads, max body %zu bytes%s",
+	AggrLog("info", "listening on %s with %d database workers, max body %zu bytes%s",
 			aggr_config.listen, aggr_config.threads, aggr_config.max_body,
 			aggr_config.token ? ", token required for /publish" : "");
 
@@ -356,8 +356,9 @@ main(int argc, char **argv)
 	if (AggrHttpInflight() > 0)
 		AggrLog("warning", "%ld requests still running at shutdown",
 				AggrHttpInflight());
+	/* queued jobs are answered first: no suspended connection is left */
+	AggrDbStop();
 	MHD_stop_daemon(daemon);
-	AggrDbShutdown();
 	AggrLog("info", "stopped");
 	return 0;
 }

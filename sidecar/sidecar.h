@@ -2,8 +2,8 @@
  *
  * sidecar.h
  *	  What crosses the files of aggr-sidecar, the HTTP front door of aggr:
- *	  the configuration (main.c), the per-thread libpq pool and the one
- *	  SQLSTATE -> HTTP status table (db.c), the routes (http.c), the
+ *	  the configuration (main.c), the database workers with one libpq
+ *	  connection each and the one SQLSTATE -> HTTP status table (db.c), the routes (http.c), the
  *	  Prometheus counters (metrics.c) and small text helpers (util.c).
  *
  *	  The sidecar holds no business logic and no JSON parser: request
@@ -30,7 +30,7 @@ typedef struct AggrConfig
 	const char *listen;			/* "host:port", "[v6]:port" or ":port" */
 	const char *conninfo;		/* libpq URL or key=value string, may be "" */
 	const char *token;			/* bearer token for /publish, or NULL */
-	int			threads;		/* HTTP threads = database connections */
+	int			threads;		/* database workers = connections */
 	size_t		max_body;		/* bytes */
 	unsigned	max_conns;
 	unsigned	max_conns_per_ip;
@@ -95,8 +95,16 @@ typedef struct AggrErrorMap
 	bool		retry_stmt;		/* run the statement again, up to 3 times */
 } AggrErrorMap;
 
-extern void AggrDbInit(int nthreads);
-extern void AggrDbShutdown(void);
+/* work for a database worker; embed it first in a larger struct */
+typedef struct AggrJob
+{
+	struct AggrJob *next;
+	void		(*run) (struct AggrJob *job);
+} AggrJob;
+
+extern void AggrDbStart(int nworkers);
+extern void AggrDbSubmit(AggrJob *job, bool urgent);
+extern void AggrDbStop(void);
 extern PGresult *AggrDbExec(AggrStmt stmt, const char *const *values,
 							const int *lengths, const int *formats,
 							AggrDbError *err);
