@@ -8,6 +8,8 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
+use AggrTest qw(wait_for);
+use IO::Socket::INET;
 use JSON::PP;
 use POSIX ();
 use PostgreSQL::Test::Cluster;
@@ -369,8 +371,40 @@ $node->safe_psql('postgres', 'CREATE EXTENSION aggr');
 $r = wait_healthz($port, 200, 10);
 is($r->{status}, 200, 'extension back: healthz 200');
 
-# SIGTERM drains and exits 0
+# SIGTERM: new connections refused, in-flight requests answered, exit 0.
+# A publish is held on a table lock while the signal arrives.
+my $bg = $node->background_psql('postgres');
+$bg->query_safe('BEGIN; LOCK TABLE aggr.events IN ACCESS EXCLUSIVE MODE;');
+my $kid = fork();
+die "fork: $!" unless defined $kid;
+if ($kid == 0)
+{
+    my $x = publish($port, event('drain', 'd-1'), timeout => 60);
+    POSIX::_exit($x->{status} == 200 ? 0 : 1);
+}
+ok( $node->poll_query_until(
+        'postgres', q{
+    SELECT count(*) > 0 FROM pg_stat_activity
+     WHERE application_name LIKE 'aggr sidecar%' AND wait_event_type = 'Lock'}),
+    'a publish waits on the lock');
+is(http($port, 'GET', '/healthz')->{status},
+    200, 'healthz answers from the other worker meanwhile');
+kill 'TERM', $sc->{pid};
+ok( wait_for(
+        sub {
+            !IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port);
+        },
+        10),
+    'SIGTERM: new connections refused');
+ok(kill(0, $sc->{pid}), 'SIGTERM: still draining the held request');
+$bg->query_safe('COMMIT;');
+$bg->quit;
+waitpid($kid, 0);
+is($? >> 8, 0, 'SIGTERM: the in-flight publish was answered 200');
 is(stop_sidecar($sc), 0, 'SIGTERM: exit 0');
+is($node->safe_psql('postgres',
+        "SELECT count(*) FROM aggr.events WHERE topic = 'drain'"),
+    1, 'SIGTERM: the drained publish is stored');
 like(slurp_file($sc->{log}), qr/"msg":"stopped"/, 'SIGTERM: logged the stop');
 
 # seed 8: queue overflow → 503 in broker mode (real Redis)
