@@ -60,6 +60,8 @@ typedef struct Request
 	bool		answered;		/* answer filled in */
 	bool		responded;		/* answer queued with MHD */
 	bool		too_large;
+	bool		over_budget;	/* --max-buffered reached while reading */
+	size_t		reserved;		/* bytes counted in "buffered" */
 	char	   *body;
 	size_t		body_len;
 	size_t		body_cap;
@@ -87,6 +89,7 @@ static const RouteDef routes[] = {
 
 static atomic_long inflight;
 static atomic_bool shutting_down;
+static atomic_size_t buffered;	/* body bytes reserved by all requests */
 
 static const char json_type[] = "application/json";
 
@@ -200,6 +203,22 @@ TokenMatches(const char *auth)
 }
 
 /*
+ * Count bytes of body buffer against --max-buffered; false, with nothing
+ * counted, when they do not fit.
+ */
+static bool
+ReserveBody(Request *req, size_t bytes)
+{
+	if (atomic_fetch_add(&buffered, bytes) + bytes > aggr_config.max_buffered)
+	{
+		atomic_fetch_sub(&buffered, bytes);
+		return false;
+	}
+	req->reserved += bytes;
+	return true;
+}
+
+/*
  * Decisions taken from the headers alone, before any body byte is read;
  * answers the request when one of them refuses it.
  */
@@ -231,9 +250,14 @@ PublishHeaders(struct MHD_Connection *conn, Request *req)
 		AnswerError(req, 400, "invalid Content-Length");
 	else if (len > (int64_t) aggr_config.max_body)
 		AnswerError(req, 413, "request body too large");
+	else if (!ReserveBody(req, (len > 0 ? (size_t) len : 4096) + 1))
+	{
+		req->answer.retry_after = true;
+		AnswerError(req, 503, "too many request bodies in flight");
+	}
 	else
 	{
-		req->body_cap = (len > 0 ? (size_t) len : 4096) + 1;
+		req->body_cap = req->reserved;
 		req->body = AggrMalloc(req->body_cap);
 	}
 }
@@ -243,22 +267,33 @@ PublishAppend(Request *req, const char *data, size_t size)
 {
 	size_t		need;
 
-	if (req->too_large)
+	if (req->too_large || req->over_budget)
 		return;					/* discarding the rest */
+	need = req->body_len + size + 1;
 	if (size > aggr_config.max_body - req->body_len)
-	{
 		req->too_large = true;
+	else if (need > req->body_cap)
+	{
+		size_t		cap = req->body_cap;
+
+		while (cap < need)
+			cap *= 2;
+		if (ReserveBody(req, cap - req->body_cap))
+		{
+			req->body = AggrRealloc(req->body, cap);
+			req->body_cap = cap;
+		}
+		else
+			req->over_budget = true;
+	}
+	if (req->too_large || req->over_budget)
+	{
 		free(req->body);
 		req->body = NULL;
 		req->body_len = req->body_cap = 0;
+		atomic_fetch_sub(&buffered, req->reserved);
+		req->reserved = 0;
 		return;
-	}
-	need = req->body_len + size + 1;
-	if (need > req->body_cap)
-	{
-		while (req->body_cap < need)
-			req->body_cap *= 2;
-		req->body = AggrRealloc(req->body, req->body_cap);
 	}
 	memcpy(req->body + req->body_len, data, size);
 	req->body_len += size;
@@ -619,7 +654,7 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 	if (*upload_data_size > 0)
 	{
-		if (req->body != NULL || req->too_large)
+		if (req->body != NULL || req->too_large || req->over_budget)
 			PublishAppend(req, upload_data, *upload_data_size);
 		*upload_data_size = 0;
 		return MHD_YES;
@@ -633,6 +668,12 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 	if (req->too_large)
 	{
 		AnswerError(req, 413, "request body too large");
+		return Reply(conn, req);
+	}
+	if (req->over_budget)
+	{
+		req->answer.retry_after = true;
+		AnswerError(req, 503, "too many request bodies in flight");
 		return Reply(conn, req);
 	}
 	if (req->route == AGGR_ROUTE_EVENTS && !EventsParams(conn, req))
@@ -689,6 +730,7 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 	AggrBufFree(&line);
 
+	atomic_fetch_sub(&buffered, req->reserved);
 	free(req->body);
 	free(req->path);
 	free(req->topic);

@@ -36,6 +36,7 @@ AggrConfig	aggr_config = {
 	.token = NULL,
 	.threads = 0,
 	.max_body = 8 * 1024 * 1024,
+	.max_buffered = 128 * 1024 * 1024,
 	.max_conns = 512,
 	.max_conns_per_ip = 128,
 	.client_timeout = 15,
@@ -61,6 +62,8 @@ Usage(FILE *out)
 			"                         (default: cores, from 2 to 4)\n"
 			"  --max-body=BYTES       largest POST /publish body, K/M suffixes allowed\n"
 			"                         (default 8M)\n"
+			"  --max-buffered=BYTES   request bodies held at once over all clients;\n"
+			"                         past it POST /publish answers 503 (default 128M)\n"
 			"  --token=TOKEN          bearer token required by POST /publish (env\n"
 			"                         AGGR_TOKEN; default: none)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
@@ -197,6 +200,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"db", required_argument, NULL, 'd'},
 		{"threads", required_argument, NULL, 't'},
 		{"max-body", required_argument, NULL, 'b'},
+		{"max-buffered", required_argument, NULL, 'B'},
 		{"token", required_argument, NULL, 'k'},
 		{"max-conns", required_argument, NULL, 'c'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
@@ -243,6 +247,9 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 				break;
 			case 'b':
 				ok = ParseSize(optarg, &aggr_config.max_body);
+				break;
+			case 'B':
+				ok = ParseSize(optarg, &aggr_config.max_buffered);
 				break;
 			case 'k':
 				aggr_config.token = *optarg ? optarg : NULL;
@@ -292,6 +299,8 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 				aggr_config.listen);
 		exit(2);
 	}
+	if (aggr_config.max_buffered < aggr_config.max_body)
+		aggr_config.max_buffered = aggr_config.max_body;
 	aggr_config.conninfo = LibpqUrl(aggr_config.conninfo);
 }
 

@@ -32,6 +32,7 @@ typedef struct AggrConfig
 	const char *token;			/* bearer token for /publish, or NULL */
 	int			threads;		/* database workers = connections */
 	size_t		max_body;		/* bytes */
+	size_t		max_buffered;	/* request bodies held at once, bytes */
 	unsigned	max_conns;
 	unsigned	max_conns_per_ip;
 	unsigned	client_timeout; /* seconds a client may stay idle */

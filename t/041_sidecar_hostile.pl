@@ -304,19 +304,21 @@ is($node->safe_psql('postgres', q{
       FROM aggr.counters}), 't', 'counters match the rows');
 
 # open $n connections and send each the first bytes of a request
-sub open_conns
+sub open_conns_to
 {
-    my ($n, $bytes) = @_;
+    my ($to, $n, $bytes) = @_;
     my @socks;
     for (1 .. $n)
     {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $to)
           or last;
         print $s $bytes;
         push @socks, $s;
     }
     return @socks;
 }
+
+sub open_conns { return open_conns_to($port, @_) }
 
 # slow clients hold connections, not threads: /healthz still answers at once
 my @slow = (open_conns(8, "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n["),
@@ -338,5 +340,21 @@ cmp_ok($rss, '<=', 16 * 1024, "RSS with 64 open connections <= 16 MB ($rss kB)")
 close $_ for @open;
 
 is(stop_sidecar($sc), 0, 'SIGTERM: exit 0');
+
+# --max-buffered: bodies held at once over all clients are bounded
+my $tight = start_sidecar($node, args => [ '--max-body=64K', '--max-buffered=100K' ]);
+my @held = open_conns_to($tight->{port}, 1,
+    "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n[");
+my $r = http($tight->{port}, 'POST', '/publish', body => 'x' x 60000);
+is($r->{status}, 503, '--max-buffered reached: 503');
+ok(defined $r->{headers}{'retry-after'}, '--max-buffered reached: Retry-After');
+close $_ for @held;
+ok( AggrTest::wait_for(
+        sub {
+            http($tight->{port}, 'POST', '/publish', body => '[]')->{status} == 400;
+        },
+        10),
+    'the budget comes back when the held body goes');
+is(stop_sidecar($tight), 0, 'tight sidecar exits 0');
 
 done_testing();
