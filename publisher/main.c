@@ -629,6 +629,9 @@ PrintHuman(const Options *o, const AggrRun *run, const Summary *sm, const Verify
 	printf("  latency   p50 %.1f ms, p99 %.1f ms\n", sm->p50, sm->p99);
 	printf("  cpu       %.3f s (%.0f %% of one core)\n", sm->cpu_s,
 		   sm->wall_s > 0 ? 100 * sm->cpu_s / sm->wall_s : 0);
+	if (run->accepted != sm->acked)
+		printf("  warning   the answers accepted %ld events of the %ld acknowledged\n",
+			   run->accepted, sm->acked);
 	if (run->answers_without_accepted > 0)
 		printf("  warning   %ld answers had no integer \"accepted\"\n", run->answers_without_accepted);
 	for (int b = 0; b < s->n_batches; b++)
@@ -740,26 +743,25 @@ main(int argc, char **argv)
 {
 	Options		o;
 	AggrGenOptions g;
-	AggrStream	stream;
-	AggrRun		run;
+	AggrStream	stream = {0};
+	AggrRun		run = {0};
 	AggrRedisTarget redis;
-	Verify		verify;
+	Verify		verify = {.ok = true};
 	Summary		sm = {0};
 	FILE	   *ledger = NULL;
-	char		err[512];
+	char		err[512] = "";
 	double		t0;
 	double		cpu0;
 	bool		via_redis;
-	bool		ok;
+	bool		curl_ready = false;
+	bool		ok = false;
+	int			status = EXIT_USAGE;
 
 	if (!ParseOptions(argc, argv, &o))
 		return EXIT_USAGE;
 	via_redis = strcmp(o.via, "http") != 0;
 	if (via_redis && !AggrRedisParseUrl(o.via, &redis, err, sizeof(err)))
-	{
-		fprintf(stderr, "aggr-publisher: %s\n", err);
-		return EXIT_USAGE;
-	}
+		goto done;
 
 	/* the whole stream, before anything is timed */
 	t0 = AggrNowMs();
@@ -769,38 +771,32 @@ main(int argc, char **argv)
 			.topics = o.topics,.source = o.source,.base_time_ms = AggrWallMs()
 	};
 	if (!AggrGenBuild(&g, &stream, err, sizeof(err)))
-	{
-		fprintf(stderr, "aggr-publisher: %s\n", err);
-		return EXIT_USAGE;
-	}
+		goto done;
 	sm.gen_s = (AggrNowMs() - t0) / 1000;
 
 	if (o.ledger && (ledger = fopen(o.ledger, "w")) == NULL)
 	{
-		fprintf(stderr, "aggr-publisher: cannot write ledger \"%s\": %s\n", o.ledger, strerror(errno));
-		AggrGenFree(&stream);
-		return EXIT_USAGE;
+		snprintf(err, sizeof(err), "cannot write ledger \"%s\": %s", o.ledger, strerror(errno));
+		goto done;
 	}
-	if (!AggrHttpGlobalInit())
+	if (!(curl_ready = AggrHttpGlobalInit()))
 	{
-		fprintf(stderr, "aggr-publisher: could not initialise libcurl\n");
-		return EXIT_USAGE;
+		snprintf(err, sizeof(err), "could not initialise libcurl");
+		goto done;
 	}
 	signal(SIGINT, HandleSignal);
 	signal(SIGTERM, HandleSignal);
 	signal(SIGPIPE, SIG_IGN);
 
 	if (o.wait_ready_s >= 0 && !WaitReady(&o, via_redis ? &redis : NULL))
-		return EXIT_USAGE;
-	memset(&verify, 0, sizeof(verify));
-	verify.ok = true;
+		goto done;
 	if (o.verify && !GetStats(&o, &verify.before, err, sizeof(err)))
 	{
 		fprintf(stderr, "aggr-publisher: cannot verify: %s\n", err);
-		return EXIT_USAGE;
+		err[0] = '\0';
+		goto done;
 	}
 
-	memset(&run, 0, sizeof(run));
 	run.stream = &stream;
 	run.policy = (AggrRetryPolicy)
 	{
@@ -818,10 +814,7 @@ main(int argc, char **argv)
 	if (via_redis)
 		AggrSendRedis(&run, &redis, o.queue_key);
 	else if (!AggrSendHttp(&run, o.url, err, sizeof(err)))
-	{
-		fprintf(stderr, "aggr-publisher: %s\n", err);
-		return EXIT_USAGE;
-	}
+		goto done;
 	sm.cpu_s = CpuSeconds() - cpu0;
 	sm.wall_s = (run.end_ms - run.start_ms) / 1000;
 	sm.p50 = AggrRunLatency(&run, 50);
@@ -836,13 +829,14 @@ main(int argc, char **argv)
 	ok = (sm.acked == stream.n_events);
 	if (ledger)
 	{
-		if (!WriteLedger(ledger, &run))
+		bool		written = WriteLedger(ledger, &run);
+
+		if (fclose(ledger) != 0 || !written)
 		{
 			fprintf(stderr, "aggr-publisher: writing the ledger failed\n");
 			ok = false;
 		}
-		if (fclose(ledger) != 0)
-			ok = false;
+		ledger = NULL;
 	}
 	if (o.verify)
 	{
@@ -857,9 +851,17 @@ main(int argc, char **argv)
 		fprintf(stderr, "aggr-publisher: %ld of %ld events not acknowledged%s\n",
 				stream.n_events - sm.acked, stream.n_events,
 				o.verify && !verify.ok ? "; verification failed" : "");
+	status = ok ? 0 : EXIT_DELIVERY;
 
-	AggrRunFree(&run);
+done:
+	if (err[0] != '\0' && status == EXIT_USAGE)
+		fprintf(stderr, "aggr-publisher: %s\n", err);
+	if (ledger)
+		fclose(ledger);
+	if (run.state)
+		AggrRunFree(&run);
 	AggrGenFree(&stream);
-	AggrHttpGlobalCleanup();
-	return ok ? 0 : EXIT_DELIVERY;
+	if (curl_ready)
+		AggrHttpGlobalCleanup();
+	return status;
 }

@@ -264,7 +264,13 @@ AggrSendRedis(AggrRun *run, const AggrRedisTarget *target, const char *key)
 			}
 			for (int i = 0; i < batch->count; i++)
 				argv[i + 2] = AggrGenEventJson(stream, batch->first + i, &argvlen[i + 2]);
-			redisAppendCommandArgv(c, batch->count + 2, argv, argvlen);
+			if (redisAppendCommandArgv(c, batch->count + 2, argv, argvlen) != REDIS_OK)
+			{
+				/* only buffered, never sent: certainly not applied */
+				AggrRunFinished(run, b, AGGR_ATTEMPT_NOT_APPLIED, now, 0, -1,
+								"could not buffer the RPUSH command", NULL);
+				continue;
+			}
 			pipe[(head + n_pipe) % run->concurrency] = (InFlight) {b, now};
 			n_pipe++;
 		}
