@@ -15,9 +15,11 @@
  *	  - Connections are opened lazily, with TimeZone = UTC, and statements
  *		are prepared on first use, so that the sidecar starts and answers
  *		503 while the database or the extension is missing.
- *	  - A lost or refused connection is answered at once with an 08xxx
- *		error (HTTP 503); the next attempt waits a capped exponential
- *		backoff, so an outage costs a fast 503, never a hang.
+ *	  - A connection the server closed is noticed before a statement is
+ *		sent (its socket reads EOF) and replaced at once.  A connection
+ *		lost during a statement, or refused, is answered at once with an
+ *		08xxx error (HTTP 503); the next attempt waits a capped
+ *		exponential backoff, so an outage costs a fast 503, never a hang.
  *	  - Every round trip is bounded by --db-timeout: the connection is
  *		non-blocking and waited on with poll(2); past the bound the
  *		connection is dropped.
@@ -478,6 +480,26 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 }
 
 /*
+ * Drop a connection the server has already closed (a restart, a
+ * terminated backend): its socket reads EOF.  Checked before sending, so a
+ * statement never goes down a dead connection and nothing is sent twice.
+ */
+static void
+DropIfClosed(DbSlot *slot)
+{
+	struct pollfd pfd = {PQsocket(slot->conn), POLLIN, 0};
+
+	if (poll(&pfd, 1, 0) > 0 &&
+		(!PQconsumeInput(slot->conn) || PQstatus(slot->conn) != CONNECTION_OK))
+	{
+		AggrLog("info", "database connection %d was closed by the server",
+				slot->id);
+		DropConnection(slot);
+		slot->next_attempt_us = 0;
+	}
+}
+
+/*
  * Run a statement on this thread's connection.  On failure returns NULL
  * and fills err (its sqlstate drives the HTTP status).
  */
@@ -491,6 +513,8 @@ AggrDbExec(AggrStmt stmt, const char *const *values, const int *lengths,
 	{
 		PGresult   *res;
 
+		if (slot->conn != NULL)
+			DropIfClosed(slot);
 		if (slot->conn == NULL && !Connect(slot, err))
 			return NULL;
 		res = ExecOnce(slot, stmt, values, lengths, formats, err);
