@@ -113,7 +113,7 @@ Usage(FILE *out)
 			"  --dup-ratio R          share of re-sent events, 0 <= R < 1 (default 0.35)\n"
 			"  --batch N              events per request (default 500)\n"
 			"  --topics N             topics topic_0..topic_N-1 (default 10)\n"
-			"  --concurrency N        requests in flight (default 4)\n"
+			"  --concurrency N        requests in flight (Redis: pipelined RPUSH) (default 4)\n"
 			"  --seed N               event stream seed; same seed, same events (default %d)\n"
 			"  --source NAME          the events' source (default aggr-publisher)\n"
 			"  --token TOKEN          send Authorization: Bearer TOKEN\n"
@@ -123,7 +123,8 @@ Usage(FILE *out)
 			"  --verify               check /stats grew by exactly what was sent\n"
 			"  --verify-timeout SECONDS  longest wait for the queue to drain (default 60)\n"
 			"  --expect-unique N      with --verify: expected growth of unique_processed\n"
-			"  --ledger FILE          write topic, event_id, acked|failed|unknown per event\n"
+			"  --ledger FILE          one line per event: topic TAB event_id TAB\n"
+			"                         acked|failed|unknown\n"
 			"  --json                 print the summary as JSON on stdout\n"
 			"  --quiet                no progress and no human summary\n"
 			"  --help                 show this help\n\n"
@@ -502,6 +503,8 @@ VerifyAfter(const Options *o, const AggrRun *run, Verify *v)
 		prev = v->after;
 		drained = v->after.queue_depth <= 0;
 		d_received = v->after.received - v->before.received;
+		if (drained && d_received >= v->received_hi)
+			break;				/* all our events are counted: nothing more can come */
 		if (drained && d_received >= v->received_lo && now - stable_since >= SETTLE_MS)
 			break;
 		if (drained && now - stable_since >= SETTLE_MISSING_MS)
