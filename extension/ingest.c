@@ -19,7 +19,13 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#if PG_VERSION_NUM >= 170000
+#include "storage/procnumber.h"
+#define AGGR_MY_BACKEND_NUMBER MyProcNumber
+#else
 #include "storage/backendid.h"
+#define AGGR_MY_BACKEND_NUMBER MyBackendId
+#endif
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -79,7 +85,7 @@ RunIngestStatement(const AggrBatch *batch)
 												sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[3] = PointerGetDatum(construct_array(batch->sources, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[4] = PointerGetDatum(construct_array(batch->payloads, n, JSONBOID, -1, false, TYPALIGN_INT));
-	values[5] = Int16GetDatum(MyBackendId % AGGR_COUNTER_SHARDS);
+	values[5] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -1,0 +1,2 @@
+-- Run once by the postgres image's entrypoint on a new data directory.
+CREATE EXTENSION aggr;
