@@ -238,7 +238,7 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 			ev->length = (uint32_t) (body.len - ev->offset);
 		}
 		AggrBufAppend(&body, "]", 1);
-		batch->body = body.data;
+		batch->body = AggrRealloc(body.data, body.len + 1);	/* drop the slack */
 		batch->length = body.len;
 	}
 	free(first_copy);
