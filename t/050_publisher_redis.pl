@@ -26,7 +26,7 @@ my $tmp = PostgreSQL::Test::Utils::tempdir('publisher');
 my $J = JSON::PP->new->canonical;
 
 ok(-x $publisher, "aggr-publisher is built at $publisher")
-  or BAIL_OUT('aggr-publisher is missing: run make -C publisher');
+  or die "aggr-publisher is missing: run make -C publisher\n";
 
 # Runs the publisher; returns (exit code, stdout, stderr).
 sub publish
