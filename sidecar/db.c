@@ -310,6 +310,14 @@ DropConnection(DbSlot *slot)
 	memset(slot->prepared, 0, sizeof(slot->prepared));
 }
 
+/* server notices and warnings become JSON log lines, not raw stderr */
+static void
+LogNotice(void *arg, const char *message)
+{
+	AggrLog("notice", "database connection %d: %s", ((DbSlot *) arg)->id,
+			message);
+}
+
 static bool
 Connect(DbSlot *slot, AggrDbError *err)
 {
@@ -333,6 +341,7 @@ Connect(DbSlot *slot, AggrDbError *err)
 	slot->conn = PQconnectdbParams(keys, vals, 1);
 	if (PQstatus(slot->conn) == CONNECTION_OK)
 	{
+		PQsetNoticeProcessor(slot->conn, LogNotice, slot);
 		res = PQexec(slot->conn, "SET TimeZone = 'UTC'");
 		if (PQresultStatus(res) == PGRES_COMMAND_OK &&
 			PQsetnonblocking(slot->conn, 1) == 0)

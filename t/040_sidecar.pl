@@ -332,6 +332,44 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events'),
     $rows, 'rows kept');
 check_invariants($node, 'after the restart');
 
+# a backend killed with SIGKILL makes PostgreSQL restart every backend: the
+# sidecar answers 200 or 503 throughout, never hangs, and what it
+# acknowledged is stored
+$node->safe_psql('postgres', 'ALTER SYSTEM SET restart_after_crash = on');
+$node->reload;
+ok( $node->poll_query_until(
+        'postgres', "SELECT current_setting('restart_after_crash') = 'on'"),
+    'restart_after_crash on');
+my $acked = $node->basedir . '/crash_acked';
+my $victim = $node->safe_psql('postgres',
+    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'aggr sidecar%' LIMIT 1");
+my $loader = fork();
+die "fork: $!" unless defined $loader;
+if ($loader == 0)
+{
+    my $bad = 0;
+    open(my $fh, '>', $acked) or POSIX::_exit(255);
+    for my $i (1 .. 60)
+    {
+        my $x = publish($port, event('crash', "c-$i"), timeout => 10);
+        print $fh "c-$i\n" if $x->{status} == 200;
+        $bad++ unless $x->{status} == 200 || $x->{status} == 503;
+    }
+    close $fh;
+    POSIX::_exit($bad > 255 ? 255 : $bad);
+}
+kill 'KILL', $victim;
+waitpid($loader, 0);
+is($? >> 8, 0, 'crash restart: every publish answered 200 or 503');
+is(wait_healthz($port, 200, 60)->{status}, 200, 'crash restart: healthz 200 again');
+my @acked = split /\n/, slurp_file($acked);
+ok(@acked > 0, 'crash restart: some publishes were acknowledged');
+is($node->safe_psql('postgres',
+        "SELECT count(*) FROM aggr.events WHERE topic = 'crash' AND event_id IN ("
+          . join(',', map { "'$_'" } @acked) . ')'),
+    scalar @acked, 'crash restart: every acknowledged event is stored');
+check_invariants($node, 'after the crash restart');
+
 # the access log: one JSON line per request
 my @lines = grep { /"path"/ } split /\n/, slurp_file($sc->{log});
 my $parsed = 0;
@@ -348,6 +386,9 @@ for (@lines)
       && exists $l->{accepted};
 }
 ok(@lines > 100, 'access log has lines');
+my @not_json = grep { !eval { decode_json($_) } } split /\n/, slurp_file($sc->{log});
+is(scalar @not_json, 0, 'every stderr line is a JSON object')
+  or diag join("\n", @not_json[ 0 .. ($#not_json < 4 ? $#not_json : 4) ]);
 is($parsed, scalar @lines, 'every access-log line is JSON with all fields');
 ok((grep { /"path":"\/publish","status":200,.*"accepted":7/ } @lines),
     'access log records the accepted count');
