@@ -64,11 +64,11 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 	},
 	[AGGR_STMT_EVENTS] = {
 		"aggr_events",
-		"SELECT coalesce(json_agg(json_build_object("
+		"SELECT '[' || coalesce(string_agg(json_build_object("
 		"'topic', e.topic, 'event_id', e.event_id, "
 		"'timestamp', e.\"timestamp\", 'source', e.source, "
-		"'payload', e.payload, 'ingested_at', e.ingested_at) "
-		"ORDER BY e.seq), '[]'::json), max(e.seq), count(*) "
+		"'payload', e.payload, 'ingested_at', e.ingested_at)::text, ',' "
+		"ORDER BY e.seq), '') || ']', max(e.seq), count(*) "
 		"FROM aggr_events($1, $2, $3) AS e",
 		3, {TEXTOID, INT4OID, INT8OID}
 	},
