@@ -51,6 +51,10 @@ installcheck-tap:
 test:
 	bash tools/test.sh
 
+# the full fault suite (200,000 events per scenario, repeated faults)
+faults:
+	bash tools/test.sh faults
+
 demo:
 	bash tools/demo.sh
 
@@ -60,4 +64,4 @@ demo-stop:
 bench:
 	bash bench/run.sh
 
-.PHONY: installcheck-tap programs install-programs clean-programs test demo demo-stop bench
+.PHONY: installcheck-tap faults programs install-programs clean-programs test demo demo-stop bench

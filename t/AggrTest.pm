@@ -9,6 +9,7 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
@@ -19,7 +20,7 @@ use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(new_node start_redis stop_redis redis_cmd demo_events
   event_batches check_invariants wait_for stats poll_stats_until spawn
-  publish wait_drained consumer_pids);
+  publish wait_drained consumer_pids start_proxy cut_proxy check_ledger);
 
 # A started node with aggr preloaded and CREATE EXTENSION aggr done in
 # database postgres; %conf are extra postgresql.conf settings.
@@ -38,12 +39,28 @@ sub new_node
     return $node;
 }
 
+my $parent = $$;
+my %children;    # pid => 1 for every process started here and still running
+
+# a test that dies leaves no server or helper process behind
+END
+{
+    local $?;    # waitpid below must not become the test's exit status
+    if ($$ == $parent)
+    {
+        my @pids = grep { kill(0, $_) } keys %children;
+        kill('KILL', @pids);
+        waitpid($_, 0) for @pids;
+    }
+}
+
 # Runs a program in the background, output appended to $log; returns its pid.
 sub spawn
 {
     my ($log, @cmd) = @_;
     my $pid = fork();
     die "fork: $!" unless defined $pid;
+    $children{$pid} = 1 if $pid;
     if ($pid == 0)
     {
         open(STDIN, '<', '/dev/null');
@@ -96,6 +113,7 @@ sub stop_redis
     return unless $r->{pid};
     kill($signal // 'TERM', $r->{pid});
     waitpid($r->{pid}, 0);
+    delete $children{ $r->{pid} };
     delete $r->{pid};
 }
 
@@ -179,10 +197,14 @@ sub event_batches
     return @batches;
 }
 
+# aggr_stats(), waiting out a server that is restarting or recovering.
 sub stats
 {
     my ($node) = @_;
-    return decode_json($node->safe_psql('postgres', 'SELECT aggr_stats()'));
+    my $out;
+    wait_for(sub { $node->psql('postgres', 'SELECT aggr_stats()', stdout => \$out) == 0 }, 120)
+      or die 'aggr_stats() did not answer: the server stayed down';
+    return decode_json($out);
 }
 
 # Polls aggr_stats() until $cond->($stats) holds; returns the last stats.
@@ -226,12 +248,133 @@ sub wait_drained
         $seconds // 120);
 }
 
+# Pids of the running consumers; none while the server is down.
 sub consumer_pids
 {
     my ($node) = @_;
-    my $pids = $node->safe_psql('postgres',
-        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'aggr consumer'");
-    return split(' ', $pids);
+    my $pids = '';
+    $node->psql('postgres',
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE backend_type = 'aggr consumer'",
+        stdout => \$pids);
+    return split(' ', $pids // '');
+}
+
+# A TCP proxy in front of Redis that can lose replies in transit: after
+# cut_proxy, what Redis sends on the connections open at that moment is
+# dropped (the commands still run), so a client waiting in BLMOVE/BLPOP never
+# hears that it got an element.  New connections work normally.
+sub start_proxy
+{
+    my ($target_port) = @_;
+    my $ls = IO::Socket::INET->new(
+        LocalAddr => '127.0.0.1',
+        LocalPort => 0,
+        Listen    => 128,
+        ReuseAddr => 1) or die "proxy listen: $!";
+    my $port = $ls->sockport;
+    my $pid  = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0)
+    {
+        my $cut = 0;
+        local $SIG{USR1} = sub { $cut = 1 };
+        local $SIG{PIPE} = 'IGNORE';
+        my $sel = IO::Select->new($ls);
+        my (%peer, %upstream, %lost);
+        my $close = sub {
+            my ($s) = @_;
+            my $o = delete $peer{ fileno($s) } or return;
+            delete $peer{ fileno($o) };
+            delete @upstream{ fileno($s), fileno($o) };
+            delete @lost{ fileno($s), fileno($o) };
+            $sel->remove($s, $o);
+            close $s;
+            close $o;
+        };
+        while (1)
+        {
+            if ($cut)
+            {
+                $cut = 0;
+                $lost{$_} = 1 for keys %upstream;
+            }
+            for my $s ($sel->can_read(0.2))
+            {
+                if ($s == $ls)
+                {
+                    my $c = $ls->accept or next;
+                    my $u = IO::Socket::INET->new(
+                        PeerAddr => '127.0.0.1',
+                        PeerPort => $target_port,
+                        Proto    => 'tcp');
+                    if (!$u) { close $c; next; }
+                    $peer{ fileno($c) } = $u;
+                    $peer{ fileno($u) } = $c;
+                    $upstream{ fileno($u) } = 1;
+                    $sel->add($c, $u);
+                    next;
+                }
+                next unless $peer{ fileno($s) };
+                my $n = sysread($s, my $buf, 65536);
+                if (!$n) { $close->($s); next; }
+                next if $lost{ fileno($s) };
+                my $o = $peer{ fileno($s) };
+                for (my $off = 0; $off < length $buf;)
+                {
+                    my $w = syswrite($o, $buf, length($buf) - $off, $off);
+                    if (!$w) { $close->($s); last; }
+                    $off += $w;
+                }
+            }
+        }
+    }
+    close $ls;
+    $children{$pid} = 1;
+    return { pid => $pid, port => $port };
+}
+
+sub cut_proxy { my ($p) = @_; kill('USR1', $p->{pid}); }
+
+# The checker of the fault suite.  Ledgers (aggr-publisher --ledger: topic TAB
+# event_id TAB acked|failed|unknown) against the rows of one source:
+# acknowledged, lost (acked but absent: must be 0), recovered (unknown outcome
+# but present), unexpected (present but never sent: must be 0).
+sub check_ledger
+{
+    my ($node, $source, @ledgers) = @_;
+    my %sent;
+    for my $file (@ledgers)
+    {
+        open(my $fh, '<', $file) or die "$file: $!";
+        while (<$fh>)
+        {
+            chomp;
+            my ($topic, $id, $outcome) = split /\t/;
+            my $key = "$topic\t$id";
+            # a key re-sent in several requests: acked if any was
+            $sent{$key} = $outcome
+              unless ($sent{$key} // '') eq 'acked';
+        }
+    }
+    my %present = map { $_ => 1 } split /\n/,
+      $node->safe_psql('postgres',
+        "SELECT topic || E'\\t' || event_id FROM aggr.events WHERE source = '$source'");
+    my %r = (acknowledged => 0, lost => 0, recovered => 0, unexpected => 0);
+    for my $key (keys %sent)
+    {
+        if ($sent{$key} eq 'acked')
+        {
+            $r{acknowledged}++;
+            $r{lost}++ unless $present{$key};
+        }
+        elsif ($present{$key})
+        {
+            $r{recovered}++;
+        }
+    }
+    $r{unexpected} = grep { !exists $sent{$_} } keys %present;
+    $r{present} = scalar keys %present;
+    return \%r;
 }
 
 # DESIGN.md invariants 1 and 2, plus the exact numbers a test expects

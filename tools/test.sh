@@ -4,6 +4,7 @@
 # suite on throwaway servers, as an unprivileged user, from a temp copy of the
 # tree (CI's clone may sit where that user cannot read).  Removes everything it
 # started, whatever the outcome; exits non-zero on any failure.
+# `test.sh faults` (make faults) runs the full fault suite instead.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 . "$src/tools/deps.sh"
@@ -65,9 +66,16 @@ suite() {
     fi
 }
 
-suite "pg_regress and isolation" make -s installcheck PG_CONFIG="$PG_CONFIG" TAP_TESTS=
-suite "publisher unit tests" make -s -C publisher check
-suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
+if [ "${1:-}" = faults ]; then
+    # make faults: the full fault suite alone, every scenario line shown
+    suite "fault suite (full)" env FAULTS_FULL=1 make -s installcheck-tap PG_CONFIG="$PG_CONFIG" \
+        PROVE_TESTS=t/070_faults.pl PROVE_FLAGS=-v
+else
+    suite "pg_regress and isolation" make -s installcheck PG_CONFIG="$PG_CONFIG" TAP_TESTS=
+    suite "sidecar unit tests" make -s -C sidecar check
+    suite "publisher unit tests" make -s -C publisher check
+    suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
+fi
 
 echo "make test took $(( $(date +%s) - started )) s"
 echo "make test suites: $passed passed, $failed failed"
