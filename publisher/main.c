@@ -56,6 +56,7 @@ typedef struct Options
 	int			batch;
 	int			topics;
 	int			concurrency;
+	long		rate;			/* events/s at most, 0 = as fast as possible */
 	uint64_t	seed;
 	double		wait_ready_s;	/* < 0: do not wait */
 	double		max_retry_s;
@@ -114,6 +115,7 @@ Usage(FILE *out)
 			"  --batch N              events per request (default 500)\n"
 			"  --topics N             topics topic_0..topic_N-1 (default 10)\n"
 			"  --concurrency N        requests in flight (Redis: pipelined RPUSH) (default 4)\n"
+			"  --rate N               send at most N events per second (default 0: no limit)\n"
 			"  --seed N               event stream seed; same seed, same events (default %d)\n"
 			"  --source NAME          the events' source (default aggr-publisher)\n"
 			"  --token TOKEN          send Authorization: Bearer TOKEN\n"
@@ -175,7 +177,7 @@ ParseOptions(int argc, char **argv, Options *o)
 	enum
 	{
 		OPT_URL = 256, OPT_VIA, OPT_QUEUE_KEY, OPT_EVENTS, OPT_DUP_RATIO, OPT_BATCH,
-		OPT_TOPICS, OPT_CONCURRENCY, OPT_SEED, OPT_SOURCE, OPT_TOKEN, OPT_WAIT_READY,
+		OPT_TOPICS, OPT_CONCURRENCY, OPT_RATE, OPT_SEED, OPT_SOURCE, OPT_TOKEN, OPT_WAIT_READY,
 		OPT_MAX_RETRY, OPT_TIMEOUT, OPT_VERIFY, OPT_VERIFY_TIMEOUT, OPT_EXPECT_UNIQUE,
 		OPT_LEDGER, OPT_JSON, OPT_QUIET, OPT_HELP
 	};
@@ -188,6 +190,7 @@ ParseOptions(int argc, char **argv, Options *o)
 		{"batch", required_argument, NULL, OPT_BATCH},
 		{"topics", required_argument, NULL, OPT_TOPICS},
 		{"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+		{"rate", required_argument, NULL, OPT_RATE},
 		{"seed", required_argument, NULL, OPT_SEED},
 		{"source", required_argument, NULL, OPT_SOURCE},
 		{"token", required_argument, NULL, OPT_TOKEN},
@@ -248,6 +251,9 @@ ParseOptions(int argc, char **argv, Options *o)
 			case OPT_CONCURRENCY:
 				ok = ParseLong("--concurrency", optarg, 1, 256, &v);
 				o->concurrency = (int) v;
+				break;
+			case OPT_RATE:
+				ok = ParseLong("--rate", optarg, 0, 100000000, &o->rate);
 				break;
 			case OPT_SEED:
 				errno = 0;
@@ -806,6 +812,7 @@ main(int argc, char **argv)
 		AGGR_RETRY_BASE_MS, AGGR_RETRY_CAP_MS, o.max_retry_s * 1000
 	};
 	run.concurrency = o.concurrency;
+	run.rate_per_s = o.rate;
 	run.timeout_ms = o.timeout_s * 1000;
 	run.token = o.token;
 	run.progress = o.quiet ? AGGR_PROGRESS_NONE :

@@ -103,7 +103,19 @@ AggrRunNext(AggrRun *run, double now_ms, double *wait_ms)
 		return b;
 	}
 	if (run->next_new < run->stream->n_batches)
-		return run->next_new++;
+	{
+		/* --rate: batch k starts no sooner than k batches' worth of events */
+		double		due = run->rate_per_s <= 0 ? 0 : run->start_ms +
+			1000.0 * run->next_new * run->stream->batch_size / run->rate_per_s;
+
+		if (due <= now_ms)
+			return run->next_new++;
+		if (*wait_ms < 0 || due - now_ms < *wait_ms)
+			*wait_ms = due - now_ms;
+		if (best >= 0 && run->state[run->waiting[best]].due_ms - now_ms < *wait_ms)
+			*wait_ms = run->state[run->waiting[best]].due_ms - now_ms;
+		return -1;
+	}
 	if (best >= 0)
 		*wait_ms = run->state[run->waiting[best]].due_ms - now_ms;
 	return -1;

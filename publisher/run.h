@@ -34,6 +34,7 @@ typedef struct AggrRun
 	const AggrStream *stream;
 	AggrRetryPolicy policy;
 	int			concurrency;
+	long		rate_per_s;		/* new batches paced to this many events/s; 0 = no pacing */
 	double		timeout_ms;		/* one request, connection included */
 	const char *token;			/* bearer token, or NULL */
 	AggrProgressMode progress;

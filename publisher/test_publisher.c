@@ -523,6 +523,32 @@ StartRun(AggrRun *run, const AggrStream *s, double give_up_ms, volatile sig_atom
 	AggrRunInit(run, 3);
 }
 
+/* --rate: new batches start no sooner than their share of the rate allows */
+static void
+TestRunPacing(void)
+{
+	AggrGenOptions o = GenOptions(30, 0, 10, 3);	/* 3 batches of 10 */
+	AggrStream	s;
+	AggrRun		run;
+	volatile sig_atomic_t stop = 0;
+	char		err[256];
+	double		wait;
+
+	AggrGenBuild(&o, &s, err, sizeof(err));
+	StartRun(&run, &s, 60000, &stop);
+	run.rate_per_s = 100;		/* 10 events = 100 ms per batch */
+	run.start_ms = 1000;
+	CHECK(AggrRunNext(&run, 1000, &wait) == 0, "the first batch goes at once");
+	CHECK(AggrRunNext(&run, 1000, &wait) < 0 && wait > 99 && wait <= 100,
+		  "the second waits its 100 ms (wait %g)", wait);
+	CHECK(AggrRunNext(&run, 1100, &wait) == 1, "and goes when due");
+	CHECK(AggrRunNext(&run, 1150, &wait) < 0 && wait > 49 && wait <= 50,
+		  "the third waits 50 ms more (wait %g)", wait);
+	CHECK(AggrRunNext(&run, 1200, &wait) == 2, "and goes when due");
+	AggrRunFree(&run);
+	AggrGenFree(&s);
+}
+
 static void
 TestRunScheduling(void)
 {
@@ -946,6 +972,7 @@ main(void)
 	TestRetryDelays();
 	TestRetryOutcomes();
 	TestRunScheduling();
+	TestRunPacing();
 	TestJsonExtract();
 	TestJsonEscape();
 	TestRedisUrl();

@@ -10,9 +10,9 @@
 # destructively through the same proxy.
 #
 # In make test it runs short (FAULTS_EVENTS=10000, one fault of each kind);
-# make faults runs FAULTS_FULL=1: 200,000 events per scenario, faults repeated
-# (SIGTERM every 2 s, SIGKILL every 15 s, Redis every 20 s, PostgreSQL every
-# 30 s, cuts every 10 s).
+# make faults runs FAULTS_FULL=1: 200,000 events per scenario paced over about
+# a minute, faults repeated (SIGTERM every 2 s, SIGKILL every 15 s, Redis every
+# 20 s, PostgreSQL every 30 s, cuts every 10 s).
 use strict;
 use warnings;
 
@@ -28,6 +28,8 @@ use SidecarTest qw(start_sidecar stop_sidecar);
 my $full      = $ENV{FAULTS_FULL} // 0;
 my $events    = $ENV{FAULTS_EVENTS} // ($full ? 200000 : 10000);
 my $batch     = $full ? 100 : 50;
+# full runs are paced (--rate) to last about a minute, so faults repeat
+my @pace      = $full ? ('--rate', int($events / 2 / 60)) : ();
 my $publisher = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
 
 my $redis = start_redis();
@@ -57,7 +59,7 @@ sub scenario
         push @pids, spawn("$dir/publisher$p.log", $publisher, '--url', $url,
             '--events', int($events / 2), '--dup-ratio', '0.35', '--batch', $batch,
             '--concurrency', 2, '--seed', $seed++, '--source', "faults-$name",
-            '--ledger', $ledgers[-1], '--max-retry-time', 180, '--timeout', 20, '--quiet');
+            '--ledger', $ledgers[-1], '--max-retry-time', 180, '--timeout', 20, @pace, '--quiet');
     }
     my ($faults, $next) = (0, time() + ($full ? $period : 0.2));
     my %running = map { $_ => 1 } @pids;
