@@ -3,8 +3,10 @@
  * sidecar.h
  *	  What crosses the files of aggr-sidecar, the HTTP front door of aggr:
  *	  the configuration (main.c), the database workers with one libpq
- *	  connection each and the one SQLSTATE -> HTTP status table (db.c), the routes (http.c), the
- *	  Prometheus counters (metrics.c) and small text helpers (util.c).
+ *	  connection each and the one SQLSTATE -> HTTP status table (db.c), the
+ *	  routes and their answers (request.c), libmicrohttpd's side of a
+ *	  request (http.c), the Prometheus counters (metrics.c) and small text
+ *	  helpers (util.c).
  *
  *	  The sidecar holds no business logic and no JSON parser: request
  *	  bodies travel to PostgreSQL as parameters, and the JSON it answers
@@ -130,6 +132,71 @@ extern const char *AggrRouteName(AggrRoute route);
 extern void AggrMetricsRecord(AggrRoute route, int status, int64_t duration_us,
 							  long accepted);
 extern void AggrMetricsRender(AggrBuf *buf);
+
+/*
+ * request.c: one request from parsed HTTP to its answer, with neither a
+ * socket nor a database connection: routing, the POST headers, the body
+ * against --max-body and --max-buffered, the /events parameters, and the
+ * SQL call through an AggrDbExecFunc (AggrDbExec in the server, a recorder
+ * in the fuzz harness).  http.c drives it from libmicrohttpd's callbacks:
+ * AggrRequestStart when the headers are in, AggrRequestAppend per body
+ * chunk, AggrRequestFinish when the body is complete; when that returns
+ * true, AggrRequestRun on a database worker.  Any step may answer.
+ */
+typedef PGresult *(*AggrDbExecFunc) (AggrStmt stmt, const char *const *values,
+									 const int *lengths, const int *formats,
+									 AggrDbError *err);
+
+/* what the request looks like to the handler; values are NUL-terminated */
+typedef struct AggrRequestIn
+{
+	const char *method;
+	const char *path;			/* decoded, without the query string */
+	void	   *arg;
+	/* a header's first value, NULL when absent (case-insensitive name) */
+	const char *(*header) (void *arg, const char *name);
+	/* how many times a header occurs */
+	int			(*header_count) (void *arg, const char *name);
+	/* a decoded query parameter, NULL when absent or without '=' */
+	const char *(*query) (void *arg, const char *name);
+} AggrRequestIn;
+
+/* the answer, complete once AggrRequest.answered is set */
+typedef struct AggrReply
+{
+	int			status;
+	const char *content_type;
+	AggrBuf		body;
+	const char *allow;			/* Allow header, or NULL */
+	bool		retry_after;
+	bool		www_authenticate;
+	char	   *link;			/* Link header (malloc'd), or NULL */
+} AggrReply;
+
+typedef struct AggrRequest
+{
+	AggrRoute	route;
+	bool		answered;		/* answer filled in */
+	bool		too_large;
+	bool		over_budget;	/* --max-buffered reached while reading */
+	size_t		reserved;		/* bytes counted in the --max-buffered budget */
+	char	   *body;
+	size_t		body_len;
+	size_t		body_cap;
+	char	   *topic;			/* GET /events parameters */
+	int64_t		limit;
+	int64_t		after;			/* -1: none */
+	AggrReply	answer;
+	long		accepted;		/* -1 when not a successful publish */
+} AggrRequest;
+
+extern void AggrRequestInit(AggrRequest *req);
+extern void AggrRequestStart(AggrRequest *req, const AggrRequestIn *in);
+extern void AggrRequestAppend(AggrRequest *req, const char *data, size_t size);
+extern bool AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in);
+extern void AggrRequestRun(AggrRequest *req, AggrDbExecFunc exec);
+extern void AggrRequestFree(AggrRequest *req);
+extern size_t AggrRequestBuffered(void);
 
 /* http.c */
 struct MHD_Daemon;

@@ -1,0 +1,567 @@
+/*-------------------------------------------------------------------------
+ *
+ * request.c
+ *	  One request of aggr-sidecar, from parsed HTTP to its answer: the
+ *	  route and method, the POST headers (bearer token, framing,
+ *	  Content-Length against --max-body), the body collected up to
+ *	  --max-body within the --max-buffered budget shared by all requests,
+ *	  the /events parameters, one SQL call, and the answer built from its
+ *	  result or from the SQLSTATE of its failure.
+ *
+ *	  Everything here touches untrusted bytes and nothing here touches a
+ *	  socket or a database connection: the headers and query parameters
+ *	  come through AggrRequestIn's lookups and the SQL call goes through an
+ *	  AggrDbExecFunc, so the fuzz harness (fuzz_request.c) runs this file
+ *	  as the server does, with a recorder in place of PostgreSQL.
+ *
+ *	  Order kept: AggrRequestStart (headers only, no body byte read yet),
+ *	  AggrRequestAppend per body chunk, AggrRequestFinish once the body is
+ *	  complete, then AggrRequestRun only when Finish returned true.  A step
+ *	  that answers sets req->answered; later steps then do nothing more.
+ *	  AggrRequestFree gives back what the request counted in the budget.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "sidecar.h"
+
+#define EVENTS_DEFAULT_LIMIT 100
+#define EVENTS_MAX_LIMIT 10000
+
+typedef struct RouteDef
+{
+	const char *path;
+	AggrRoute	route;
+	bool		post;			/* POST, else GET and HEAD */
+} RouteDef;
+
+static const RouteDef routes[] = {
+	{"/publish", AGGR_ROUTE_PUBLISH, true},
+	{"/events", AGGR_ROUTE_EVENTS, false},
+	{"/stats", AGGR_ROUTE_STATS, false},
+	{"/healthz", AGGR_ROUTE_HEALTHZ, false},
+	{"/metrics", AGGR_ROUTE_METRICS, false},
+};
+
+static atomic_size_t buffered;	/* body bytes reserved by all requests */
+
+static const char json_type[] = "application/json";
+
+/* body bytes all live requests hold in the --max-buffered budget */
+size_t
+AggrRequestBuffered(void)
+{
+	return atomic_load(&buffered);
+}
+
+/* the answer: status, type and body (copied) */
+static void
+Answer(AggrRequest *req, int status, const char *content_type,
+	   const char *body, size_t len)
+{
+	req->answer.status = status;
+	req->answer.content_type = content_type;
+	AggrBufAppend(&req->answer.body, body, len);
+	req->answered = true;
+}
+
+/* answer {"error": message} */
+static void
+AnswerError(AggrRequest *req, int status, const char *message)
+{
+	AggrBuf    *body = &req->answer.body;
+
+	AggrBufAppendStr(body, "{\"error\":");
+	AggrBufJsonString(body, message);
+	AggrBufAppendStr(body, "}");
+	Answer(req, status, json_type, "", 0);
+}
+
+/* the status, Retry-After and body that a failed SQL call earns */
+static void
+AnswerDbError(AggrRequest *req, const AggrDbError *err)
+{
+	const AggrErrorMap *map = AggrSqlstateLookup(err->sqlstate);
+
+	AggrDbErrorJson(&req->answer.body, err);
+	req->answer.retry_after = map->retry_after;
+	Answer(req, map->http_status, json_type, "", 0);
+}
+
+/* ---- POST /publish ---- */
+
+static bool
+TokenMatches(const char *auth)
+{
+	const char *token = aggr_config.token;
+	size_t		tlen = strlen(token);
+	size_t		alen;
+	unsigned char diff = 0;
+
+	if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
+		return false;
+	auth += 7;
+	while (*auth == ' ')
+		auth++;
+	alen = strlen(auth);
+	/* compare every byte whatever the first difference */
+	for (size_t i = 0; i < tlen; i++)
+		diff |= (unsigned char) token[i] ^ (unsigned char) (i < alen ? auth[i] : 0);
+	return diff == 0 && alen == tlen;
+}
+
+/*
+ * Count bytes of body buffer against --max-buffered; false, with nothing
+ * counted, when they do not fit.
+ */
+static bool
+ReserveBody(AggrRequest *req, size_t bytes)
+{
+	if (atomic_fetch_add(&buffered, bytes) + bytes > aggr_config.max_buffered)
+	{
+		atomic_fetch_sub(&buffered, bytes);
+		return false;
+	}
+	req->reserved += bytes;
+	return true;
+}
+
+/*
+ * Decisions taken from the headers alone, before any body byte is read;
+ * answers the request when one of them refuses it.
+ */
+static void
+PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
+{
+	const char *cl;
+	int64_t		len = -1;
+
+	if (aggr_config.token &&
+		!TokenMatches(in->header(in->arg, "Authorization")))
+	{
+		req->answer.www_authenticate = true;
+		AnswerError(req, 401, "missing or wrong bearer token");
+		return;
+	}
+
+	cl = in->header(in->arg, "Content-Length");
+	if (in->header_count(in->arg, "Content-Length") > 1)
+		AnswerError(req, 400, "more than one Content-Length header");
+	else if (cl && in->header(in->arg, "Transfer-Encoding"))
+		AnswerError(req, 400, "both Content-Length and Transfer-Encoding");
+	else if (cl && (!AggrParseInt64(cl, &len) || len < 0))
+		AnswerError(req, 400, "invalid Content-Length");
+	else if (len > (int64_t) aggr_config.max_body)
+		AnswerError(req, 413, "request body too large");
+	else if (!ReserveBody(req, (len > 0 ? (size_t) len : 4096) + 1))
+	{
+		req->answer.retry_after = true;
+		AnswerError(req, 503, "too many request bodies in flight");
+	}
+	else
+	{
+		req->body_cap = req->reserved;
+		req->body = AggrMalloc(req->body_cap);
+	}
+}
+
+static void
+PublishAppend(AggrRequest *req, const char *data, size_t size)
+{
+	size_t		need;
+
+	if (req->too_large || req->over_budget)
+		return;					/* discarding the rest */
+	need = req->body_len + size + 1;
+	if (size > aggr_config.max_body - req->body_len)
+		req->too_large = true;
+	else if (need > req->body_cap)
+	{
+		size_t		cap = req->body_cap;
+
+		while (cap < need)
+			cap *= 2;
+		if (ReserveBody(req, cap - req->body_cap))
+		{
+			req->body = AggrRealloc(req->body, cap);
+			req->body_cap = cap;
+		}
+		else
+			req->over_budget = true;
+	}
+	if (req->too_large || req->over_budget)
+	{
+		free(req->body);
+		req->body = NULL;
+		req->body_len = req->body_cap = 0;
+		atomic_fetch_sub(&buffered, req->reserved);
+		req->reserved = 0;
+		return;
+	}
+	memcpy(req->body + req->body_len, data, size);
+	req->body_len += size;
+}
+
+static void
+Publish(AggrRequest *req, AggrDbExecFunc exec)
+{
+	/*
+	 * The body goes as a binary-format text parameter: its length travels
+	 * with it, so PostgreSQL sees every byte (a NUL included) and rejects
+	 * what is not valid UTF-8 or not JSON.
+	 */
+	const char *values[1] = {req->body ? req->body : ""};
+	int			lengths[1] = {(int) req->body_len};
+	int			formats[1] = {1};
+	AggrDbError err = {0};
+	PGresult   *res;
+
+	res = exec(AGGR_STMT_PUBLISH, values, lengths, formats, &err);
+	if (res == NULL)
+		AnswerDbError(req, &err);
+	else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		AnswerError(req, 500, "aggr_publish returned no result");
+	else
+	{
+		/* a "unique" key means ingested now (200), else queued (202) */
+		bool		direct = PQgetvalue(res, 0, 1)[0] == 't';
+
+		Answer(req, direct ? 200 : 202, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
+		req->accepted = atol(PQgetvalue(res, 0, 2));
+	}
+	PQclear(res);
+	AggrDbErrorFree(&err);
+}
+
+/* ---- GET /events ---- */
+
+/* the query parameters; false when answered 400 */
+static bool
+EventsParams(AggrRequest *req, const AggrRequestIn *in)
+{
+	const char *topic = in->query(in->arg, "topic");
+	const char *limit = in->query(in->arg, "limit");
+	const char *after = in->query(in->arg, "after");
+
+	req->limit = EVENTS_DEFAULT_LIMIT;
+	req->after = -1;
+	if (limit && (!AggrParseInt64(limit, &req->limit) || req->limit < 1 ||
+				  req->limit > EVENTS_MAX_LIMIT))
+	{
+		AnswerError(req, 400, "limit must be an integer from 1 to 10000");
+		return false;
+	}
+	if (after && (!AggrParseInt64(after, &req->after) || req->after < 0))
+	{
+		AnswerError(req, 400, "after must be a non-negative integer");
+		return false;
+	}
+	/* ?topic= means every topic */
+	if (topic && topic[0] != '\0')
+		req->topic = AggrStrdup(topic);
+	return true;
+}
+
+static void
+Events(AggrRequest *req, AggrDbExecFunc exec)
+{
+	char		limit_txt[24];
+	char		after_txt[24];
+	const char *values[3];
+	AggrDbError err = {0};
+	PGresult   *res;
+
+	snprintf(limit_txt, sizeof(limit_txt), "%lld", (long long) req->limit);
+	snprintf(after_txt, sizeof(after_txt), "%lld", (long long) req->after);
+	values[0] = req->topic;
+	values[1] = limit_txt;
+	values[2] = req->after >= 0 ? after_txt : NULL;
+
+	res = exec(AGGR_STMT_EVENTS, values, NULL, NULL, &err);
+	if (res == NULL)
+	{
+		AnswerDbError(req, &err);
+		AggrDbErrorFree(&err);
+		return;
+	}
+
+	/* a full page announces the next one */
+	if (!PQgetisnull(res, 0, 1) && atoll(PQgetvalue(res, 0, 2)) == req->limit)
+	{
+		AggrBuf		link;
+
+		AggrBufInit(&link, 128);
+		AggrBufAppendStr(&link, "</events?");
+		if (req->topic)
+		{
+			AggrBufAppendStr(&link, "topic=");
+			AggrBufUrlEncode(&link, req->topic);
+			AggrBufAppendStr(&link, "&");
+		}
+		AggrBufPrintf(&link, "limit=%lld&after=%s>; rel=\"next\"",
+					  (long long) req->limit, PQgetvalue(res, 0, 1));
+		req->answer.link = link.data;
+	}
+	Answer(req, 200, json_type, PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
+	PQclear(res);
+}
+
+/* ---- GET /stats, GET /healthz ---- */
+
+static void
+Stats(AggrRequest *req, AggrDbExecFunc exec)
+{
+	AggrDbError err = {0};
+	PGresult   *res = exec(AGGR_STMT_STATS, NULL, NULL, NULL, &err);
+
+	if (res == NULL)
+		AnswerDbError(req, &err);
+	else
+		Answer(req, 200, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
+	PQclear(res);
+	AggrDbErrorFree(&err);
+}
+
+static void
+Healthz(AggrRequest *req, AggrDbExecFunc exec)
+{
+	AggrDbError err = {0};
+	PGresult   *res = exec(AGGR_STMT_HEALTH, NULL, NULL, NULL, &err);
+	AggrBuf    *body = &req->answer.body;
+
+	if (res != NULL)
+	{
+		bool		ok = PQgetvalue(res, 0, 1)[0] == 't';
+
+		Answer(req, ok ? 200 : 503, json_type, PQgetvalue(res, 0, 0),
+			   PQgetlength(res, 0, 0));
+		PQclear(res);
+		return;
+	}
+
+	if (AggrDbIsConnectionError(&err))
+	{
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"down\",\"error\":");
+		AggrBufJsonString(body, err.message);
+		AggrBufAppendStr(body, "}");
+		req->answer.retry_after = true;
+	}
+	else if (strcmp(err.sqlstate, "42883") == 0 ||
+			 strcmp(err.sqlstate, "3F000") == 0)
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"extension\":\"missing\"}");
+	else
+	{
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"error\":");
+		AggrBufJsonString(body, err.message);
+		AggrBufAppendStr(body, ",\"sqlstate\":");
+		AggrBufJsonString(body, err.sqlstate);
+		AggrBufAppendStr(body, "}");
+	}
+	Answer(req, 503, json_type, "", 0);
+	AggrDbErrorFree(&err);
+}
+
+/* ---- GET /metrics ---- */
+
+/* a Prometheus metric name from a stats key */
+static void
+AppendMetricName(AggrBuf *buf, const char *key)
+{
+	AggrBufAppendStr(buf, "aggr_");
+	for (const char *p = key; *p; p++)
+	{
+		char		c = *p;
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9')))
+			c = '_';
+		AggrBufAppend(buf, &c, 1);
+	}
+}
+
+static void
+AppendLabelValue(AggrBuf *buf, const char *s)
+{
+	for (const char *p = s; *p; p++)
+	{
+		if (*p == '\\' || *p == '"')
+			AggrBufAppend(buf, "\\", 1);
+		if (*p == '\n')
+			AggrBufAppendStr(buf, "\\n");
+		else
+			AggrBufAppend(buf, p, 1);
+	}
+}
+
+static bool
+IsCounterKey(const char *key)
+{
+	static const char *const counters[] = {
+		"received", "unique_processed", "duplicate_dropped", "rejected"
+	};
+
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		if (strcmp(key, counters[i]) == 0)
+			return true;
+	return false;
+}
+
+static void
+Metrics(AggrRequest *req, AggrDbExecFunc exec)
+{
+	AggrDbError err = {0};
+	PGresult   *res = exec(AGGR_STMT_METRICS, NULL, NULL, NULL, &err);
+	AggrBuf    *body = &req->answer.body;
+	bool		topic_type_done = false;
+
+	AggrMetricsRender(body);
+	AggrBufPrintf(body,
+				  "# HELP aggr_database_up Whether aggr_stats() answered.\n"
+				  "# TYPE aggr_database_up gauge\n"
+				  "aggr_database_up %d\n", res != NULL);
+	for (int i = 0; res && i < PQntuples(res); i++)
+	{
+		const char *kind = PQgetvalue(res, i, 0);
+		const char *key = PQgetvalue(res, i, 1);
+		const char *value = PQgetvalue(res, i, 2);
+
+		if (PQgetisnull(res, i, 1) || PQgetisnull(res, i, 2))
+			continue;
+		if (kind[0] == 'n')
+		{
+			bool		counter = IsCounterKey(key);
+
+			AggrBufAppendStr(body, "# TYPE ");
+			AppendMetricName(body, key);
+			AggrBufPrintf(body, "%s %s\n", counter ? "_total" : "",
+						  counter ? "counter" : "gauge");
+			AppendMetricName(body, key);
+			AggrBufPrintf(body, "%s %s\n", counter ? "_total" : "", value);
+		}
+		else
+		{
+			if (!topic_type_done)
+				AggrBufAppendStr(body, "# TYPE aggr_topic_events gauge\n");
+			topic_type_done = true;
+			AggrBufAppendStr(body, "aggr_topic_events{topic=\"");
+			AppendLabelValue(body, key);
+			AggrBufPrintf(body, "\"} %s\n", value);
+		}
+	}
+	Answer(req, 200, "text/plain; version=0.0.4; charset=utf-8", "", 0);
+	PQclear(res);
+	AggrDbErrorFree(&err);
+}
+
+/* ---- the steps of a request ---- */
+
+void
+AggrRequestInit(AggrRequest *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->route = AGGR_ROUTE_OTHER;
+	req->accepted = -1;
+	AggrBufInit(&req->answer.body, 256);
+}
+
+/* the headers are in, no body byte read yet */
+void
+AggrRequestStart(AggrRequest *req, const AggrRequestIn *in)
+{
+	const RouteDef *def = NULL;
+	bool		is_post = strcmp(in->method, "POST") == 0;
+	bool		is_get = strcmp(in->method, "GET") == 0 ||
+		strcmp(in->method, "HEAD") == 0;
+
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (strcmp(in->path, routes[i].path) == 0)
+			def = &routes[i];
+	if (def == NULL)
+	{
+		AnswerError(req, 404, "not found");
+		return;
+	}
+	req->route = def->route;
+	if (def->post ? !is_post : !is_get)
+	{
+		req->answer.allow = def->post ? "POST" : "GET, HEAD";
+		AnswerError(req, 405, "method not allowed");
+	}
+	else if (def->post)
+		PublishHeaders(req, in);
+}
+
+/* a chunk of the body; kept only by a POST /publish its headers admitted */
+void
+AggrRequestAppend(AggrRequest *req, const char *data, size_t size)
+{
+	if (req->body != NULL || req->too_large || req->over_budget)
+		PublishAppend(req, data, size);
+}
+
+/*
+ * The body is complete: answer what the body or the parameters refuse;
+ * true when the request needs its SQL call (AggrRequestRun).
+ */
+bool
+AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in)
+{
+	if (req->answered)
+		return false;
+	if (req->too_large)
+		AnswerError(req, 413, "request body too large");
+	else if (req->over_budget)
+	{
+		req->answer.retry_after = true;
+		AnswerError(req, 503, "too many request bodies in flight");
+	}
+	else if (req->route == AGGR_ROUTE_EVENTS)
+		EventsParams(req, in);
+	return !req->answered;
+}
+
+/* the SQL call and the answer; a database worker runs it in the server */
+void
+AggrRequestRun(AggrRequest *req, AggrDbExecFunc exec)
+{
+	switch (req->route)
+	{
+		case AGGR_ROUTE_PUBLISH:
+			Publish(req, exec);
+			break;
+		case AGGR_ROUTE_EVENTS:
+			Events(req, exec);
+			break;
+		case AGGR_ROUTE_STATS:
+			Stats(req, exec);
+			break;
+		case AGGR_ROUTE_HEALTHZ:
+			Healthz(req, exec);
+			break;
+		case AGGR_ROUTE_METRICS:
+			Metrics(req, exec);
+			break;
+		default:
+			AnswerError(req, 404, "not found");
+			break;
+	}
+}
+
+void
+AggrRequestFree(AggrRequest *req)
+{
+	atomic_fetch_sub(&buffered, req->reserved);
+	req->reserved = 0;
+	free(req->body);
+	free(req->topic);
+	free(req->answer.link);
+	AggrBufFree(&req->answer.body);
+	req->body = req->topic = req->answer.link = NULL;
+}
