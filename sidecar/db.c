@@ -112,6 +112,7 @@ static const AggrErrorMap error_map[] = {
 	{"54001", 400, false, false},	/* nesting too deep */
 	{"22032", 400, false, false},	/* invalid JSON text */
 	{"22023", 422, false, false},	/* schema violation: index and field */
+	{"22003", 400, false, false},	/* a JSON number numeric cannot hold */
 	{"54000", 413, false, false},	/* too many events in one request */
 	{"55000", 503, false, false},	/* aggr not preloaded */
 	{"42883", 503, false, false},	/* extension not installed */
