@@ -17,6 +17,7 @@
 
 #include "aggr.h"
 
+#include <poll.h>
 #include <hiredis/hiredis.h>
 
 #include "access/xact.h"
@@ -147,28 +148,45 @@ AggrRedisConnect(char **error)
 }
 
 /*
- * Runs one command on the publishing connection, connecting (or reconnecting
- * once, after a dropped connection) as needed.  Returns the reply, which the
- * caller frees, or NULL with a message.
+ * True when an idle connection has been closed by the server (Redis
+ * restarted, a timeout): it then has EOF or an error waiting, where a live
+ * idle connection has nothing to read.
+ */
+static bool
+ConnectionClosed(redisContext *c)
+{
+	struct pollfd pfd = {.fd = c->fd,.events = POLLIN};
+
+	return poll(&pfd, 1, 0) != 0;
+}
+
+/*
+ * Runs one command on the publishing connection, opening it when there is
+ * none and replacing it when the server closed it while idle.  A command is
+ * never sent twice: a push whose reply is lost may have been applied, so
+ * the caller reports the failure instead of retrying.  Returns the reply,
+ * which the caller frees, or NULL with a message.
  */
 static redisReply *
 PublishCommand(char **error, int argc, const char **argv, const size_t *argvlen)
 {
-	for (int attempt = 0; attempt < 2; attempt++)
-	{
-		redisReply *reply;
+	redisReply *reply;
 
-		if (publish_conn == NULL &&
-			(publish_conn = AggrRedisConnect(error)) == NULL)
-			return NULL;
-		reply = redisCommandArgv(publish_conn, argc, argv, argvlen);
-		if (reply != NULL)
-			return reply;
+	if (publish_conn != NULL && ConnectionClosed(publish_conn))
+	{
+		redisFree(publish_conn);
+		publish_conn = NULL;
+	}
+	if (publish_conn == NULL && (publish_conn = AggrRedisConnect(error)) == NULL)
+		return NULL;
+	reply = redisCommandArgv(publish_conn, argc, argv, argvlen);
+	if (reply == NULL)
+	{
 		*error = psprintf("Redis command failed: %s", publish_conn->errstr);
 		redisFree(publish_conn);
 		publish_conn = NULL;
 	}
-	return NULL;
+	return reply;
 }
 
 /* Length of the queue, or -1 with a message when the broker is unreachable. */
