@@ -55,6 +55,13 @@ test:
 faults:
 	bash tools/test.sh faults
 
+# every libFuzzer harness for FUZZ_SECONDS each; crashes go to fuzz-crashes/
+FUZZ_SECONDS ?= 600
+fuzz:
+	$(MAKE) -C sidecar fuzz_request FUZZ_CC=clang-14
+	$(MAKE) -C publisher fuzz_json FUZZ_CC=clang-14
+	bash tools/fuzz.sh $(FUZZ_SECONDS)
+
 demo:
 	bash tools/demo.sh
 
@@ -64,4 +71,4 @@ demo-stop:
 bench:
 	bash bench/run.sh
 
-.PHONY: installcheck-tap faults programs install-programs clean-programs test demo demo-stop bench
+.PHONY: installcheck-tap faults fuzz programs install-programs clean-programs test demo demo-stop bench

@@ -7,6 +7,7 @@ AGGR_PACKAGES=(
     redis-server libhiredis-dev
     libmicrohttpd-dev libcurl4-openssl-dev
     libipc-run-perl valgrind python3-yaml gnuplot-nox
+    clang-14 libclang-rt-14-dev
 )
 
 aggr_install_deps() {

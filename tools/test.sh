@@ -14,6 +14,9 @@ bindir=$("$PG_CONFIG" --bindir)
 
 started=$(date +%s)
 make -C "$src" -s -j2 PG_CONFIG="$PG_CONFIG" || exit 1
+# the sanitizer builds and the fuzz harnesses (clang: see sidecar/Makefile)
+make -C "$src/sidecar" -s asan fuzz_request || exit 1
+make -C "$src/publisher" -s asan fuzz_json CC=clang-14 FUZZ_CC=clang-14 || exit 1
 if [ "$(id -u)" -eq 0 ]; then
     make -C "$src" -s install PG_CONFIG="$PG_CONFIG" >/dev/null || exit 1
 fi
@@ -75,6 +78,9 @@ else
     suite "sidecar unit tests" make -s -C sidecar check
     suite "publisher unit tests" make -s -C publisher check
     suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
+    suite "fuzz smoke (30 s per harness)" bash tools/fuzz.sh 30
+    suite "sidecar under ASan/UBSan (t/040)" bash tools/asan-tap.sh sidecar t/040_sidecar.pl
+    suite "publisher under ASan/UBSan (t/050)" bash tools/asan-tap.sh publisher t/050_publisher_redis.pl
 fi
 
 echo "make test took $(( $(date +%s) - started )) s"
