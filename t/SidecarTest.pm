@@ -23,7 +23,7 @@ use Time::HiRes qw(time usleep);
 use AggrTest qw(new_node start_redis stop_redis spawn check_invariants);
 
 our @EXPORT_OK = qw(new_node start_redis stop_redis check_invariants
-  start_sidecar stop_sidecar http raw json rss_kb wait_healthz);
+  start_sidecar stop_sidecar http raw converse trickle json rss_kb wait_healthz);
 
 my $repo = abs_path(dirname(__FILE__) . '/..');
 my %running;    # pid => 1 for every sidecar started and not yet stopped
@@ -112,43 +112,150 @@ sub stop_sidecar
 sub raw
 {
     my ($port, $bytes, %o) = @_;
+    return (converse([ { port => $port, bytes => $bytes } ], %o))[0];
+}
+
+# Many raw connections at once, so that slow and hostile clients overlap as
+# they do in the wild.  A conversation is { port, bytes } or { port, send =>
+# [[delay, bytes], ...] }, each delay in seconds after the previous step was
+# due.  At most $o{window} are open at a time (default: all); $o{tick}, when
+# given, is called every $o{tick_every} seconds (default 0.25) meanwhile.  A
+# conversation ends when its answer is in, when the server closes, or
+# $o{timeout} seconds (default 20) after its last byte went out.  Returns one
+# answer per conversation, in order, as raw() does, plus closed (the server
+# closed before a complete answer), idle (seconds from the last byte sent to
+# the end) and error.
+sub converse
+{
+    my ($convs, %o) = @_;
+    my $window  = $o{window}  || scalar @$convs;
     my $timeout = $o{timeout} || 20;
-    my $s = IO::Socket::INET->new(
-        PeerAddr => '127.0.0.1',
-        PeerPort => $port,
-        Proto    => 'tcp',
-        Timeout  => 5) or return { status => 0, error => "connect: $!" };
-    binmode $s;
+    my $every   = $o{tick_every} || 0.25;
+    my $next_tick = time() + $every;
+    my @queue = (0 .. $#$convs);
+    my (@answers, %open);    # %open: fileno => state of a conversation
     local $SIG{PIPE} = 'IGNORE';
-    my $off = 0;
-    while ($off < length $bytes)
+
+    my $finish = sub {
+        my ($st, $closed, $error) = @_;
+        my $r = parse_response($st->{in})
+          || { status => 0, headers => {}, body => '' };
+        $r->{raw}    = $st->{in};
+        $r->{closed} = $closed;
+        $r->{idle}   = time() - ($st->{last_sent} // time());
+        $r->{error}  = $error if $error;
+        $r->{error} //= 'no answer' unless $r->{status};
+        $answers[ $st->{i} ] = $r;
+        delete $open{ fileno $st->{sock} };
+        close $st->{sock};
+    };
+
+    while (@queue || %open)
     {
-        my $n = syswrite($s, $bytes, 65536, $off);
-        last unless defined $n && $n > 0;    # server closed early: read it
-        $off += $n;
+        while (@queue && keys %open < $window)
+        {
+            my $i = shift @queue;
+            my $c = $convs->[$i];
+            my $s = IO::Socket::INET->new(
+                PeerAddr => '127.0.0.1',
+                PeerPort => $c->{port},
+                Proto    => 'tcp',
+                Timeout  => 5);
+            if (!$s)
+            {
+                $answers[$i] = { status => 0, headers => {}, body => '',
+                    raw => '', error => "connect: $!" };
+                next;
+            }
+            binmode $s;
+            $s->blocking(0);
+            my @steps = @{ $c->{send} || [ [ 0, $c->{bytes} ] ] };
+            $open{ fileno $s } = { i => $i, sock => $s, steps => \@steps,
+                due => time() + $steps[0][0], in => '', out => '' };
+        }
+
+        # bytes that are due go out; wake up for the next due step
+        my ($rd, $wr) = (IO::Select->new, IO::Select->new);
+        my $now  = time();
+        my $wake = $now + 0.05;
+        for my $st (values %open)
+        {
+            my $steps = $st->{steps};
+            while (@$steps && $st->{due} <= $now)
+            {
+                $st->{out} .= (shift @$steps)->[1];
+                $st->{due} += $steps->[0][0] if @$steps;
+            }
+            $wake = $st->{due} if @$steps && $st->{due} < $wake;
+            $st->{last_sent} //= $now unless @$steps || length $st->{out};
+            $rd->add($st->{sock});
+            $wr->add($st->{sock}) if length $st->{out};
+        }
+        my ($readable, $writable) =
+          IO::Select->select($rd, $wr, undef, $wake > $now ? $wake - $now : 0);
+        for my $s (@{ $writable || [] })
+        {
+            my $st = $open{ fileno $s } or next;
+            my $n = syswrite($s, $st->{out});
+            if (defined $n)
+            {
+                substr($st->{out}, 0, $n, '');
+            }
+            elsif (!$!{EAGAIN})
+            {
+                # the server closed early: stop sending, read its answer
+                @{ $st->{steps} } = ();
+                $st->{out} = '';
+            }
+        }
+        for my $s (@{ $readable || [] })
+        {
+            my $st = $open{ fileno $s } or next;
+            my $n = sysread($s, my $chunk, 65536);
+            if ($n)
+            {
+                $st->{in} .= $chunk;
+                my $r = parse_response($st->{in});
+                $finish->($st, 0) if $r && $r->{complete};
+            }
+            elsif (defined $n || !$!{EAGAIN})
+            {
+                $finish->($st, 1);
+            }
+        }
+        for my $st (values %open)
+        {
+            $finish->($st, 0, 'client gave up waiting')
+              if defined $st->{last_sent}
+              && time() > $st->{last_sent} + $timeout;
+        }
+        if ($o{tick} && time() >= $next_tick)
+        {
+            $o{tick}->();
+            $next_tick = time() + $every;
+        }
     }
-    my $sel = IO::Select->new($s);
-    my $in = '';
-    my $deadline = time() + $timeout;
-    while (time() < $deadline)
+    return @answers;
+}
+
+# a slow client for converse(): $bytes in $n pieces, $gap seconds apart
+sub trickle
+{
+    my ($bytes, $n, $gap) = @_;
+    my $size = int((length($bytes) + $n - 1) / $n);
+    my @steps;
+    for (my $off = 0; $off < length $bytes; $off += $size)
     {
-        last unless $sel->can_read($deadline - time());
-        my $n = sysread($s, my $chunk, 65536);
-        last unless $n;
-        $in .= $chunk;
-        my $r = parse_response($in);
-        last if $r && $r->{complete};
+        push @steps, [ @steps ? $gap : 0, substr($bytes, $off, $size) ];
     }
-    close $s;
-    my $r = parse_response($in)
-      || { status => 0, headers => {}, body => '', error => 'no answer' };
-    $r->{raw} = $in;
-    return $r;
+    return \@steps;
 }
 
 sub parse_response
 {
     my ($in) = @_;
+    # skip interim answers (100 Continue)
+    1 while $in =~ s{^HTTP/1\.[01] 1\d\d [^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n}{};
     my $end = index($in, "\r\n\r\n");
     return undef if $end < 0;
     my ($line, @lines) = split /\r\n/, substr($in, 0, $end);
@@ -162,6 +269,7 @@ sub parse_response
     my $body = substr($in, $end + 4);
     my $complete = defined $h{'content-length'}
       && length($body) >= $h{'content-length'};
+    $body = substr($body, 0, $h{'content-length'}) if $complete;  # not what follows
     return {
         status   => $status,
         headers  => \%h,
@@ -193,9 +301,9 @@ sub rss_kb
 {
     my ($pid) = @_;
     open(my $fh, '<', "/proc/$pid/status") or return 0;
-    while (<$fh>)
+    while (my $line = <$fh>)
     {
-        return $1 if /^VmRSS:\s+(\d+)/;
+        return $1 if $line =~ /^VmRSS:\s+(\d+)/;
     }
     return 0;
 }
