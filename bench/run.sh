@@ -8,7 +8,8 @@
 #            batches deadlock and would make the ceiling look lower)
 #   ingest   SELECT aggr_ingest(batch), same batches, same clients
 #   http     aggr-publisher -> aggr-sidecar POST /publish, direct mode
-#   drain    consumers draining a pre-filled Redis queue (broker mode)
+#   drain    4 consumers (the default) draining a pre-filled Redis queue
+#            (appendfsync always); peak RSS = their private memory, summed
 #   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
 #
 # Each workload: the demo's 20,000 events and 1,000,000 events (35 % dups);
@@ -52,7 +53,7 @@ CREATE TABLE bench_batches AS
              'payload', jsonb_build_object('seq', k, 'msg', 'hello world')) ORDER BY n) AS body
   FROM (SELECT row_number() OVER (ORDER BY md5(g::text)) AS n,
                CASE WHEN g <= :unique THEN g ELSE 1 + (g * 7919) % :unique END AS k
-        FROM generate_series(1, :n) g) e
+        FROM generate_series(1::bigint, :n) g) e
   GROUP BY (n - 1) / 500;
 CREATE UNIQUE INDEX ON bench_batches (id);
 VACUUM ANALYZE bench_batches;
@@ -110,18 +111,31 @@ for n in $sizes; do
 done
 
 echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
-pg_restart_broker 2 "aggr.queue_maxsize = 2000000"
+# the shipped default of aggr.worker_count (4); each consumer waits on two
+# fsyncs per batch (Redis appendfsync always, then COMMIT), so 2 would idle
+pg_restart_broker 4 "aggr.queue_maxsize = 2000000"
 queue_empty() {
     [ "$(redis-cli -p "$AGGR_REDIS_PORT" LLEN aggregator:events)" = 0 ] &&
         [ -z "$(redis-cli -p "$AGGR_REDIS_PORT" KEYS 'aggregator:events:processing:*')" ]
 }
-wait_drained() { until queue_empty; do sleep 0.05; done; }
-worker_rss() {
-    local total=0 pid
+# private memory of the consumers (RssAnon: shared buffers they touch are
+# PostgreSQL's, not theirs), summed, the largest seen while draining
+worker_private_kb() {
+    local total=0 pid kb
     for pid in $(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'"); do
-        total=$(( total + $(peak_rss_kb "$pid") ))
+        kb=$(awk '/RssAnon/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$(( total + ${kb:-0} ))
     done
     echo "$total"
+}
+worker_peak=0
+wait_drained() {
+    local kb
+    until queue_empty; do
+        kb=$(worker_private_kb)
+        [ "$kb" -gt "$worker_peak" ] && worker_peak=$kb
+        sleep 0.05
+    done
 }
 for n in $sizes; do
     raw_var="raw_$n"; raw=${!raw_var}
@@ -131,9 +145,10 @@ for n in $sizes; do
         --events "$n" --quiet >/dev/null
     t0=$(date +%s.%N)
     redis-cli -p "$AGGR_REDIS_PORT" RENAME bench:staging aggregator:events >/dev/null
+    worker_peak=0
     wait_drained
     t1=$(date +%s.%N)
-    record drain "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" "" "" "$(worker_rss)"
+    record drain "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" "" "" "$worker_peak"
 
     sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
     sidecar_start --threads 2

@@ -416,14 +416,20 @@ ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 	}
 }
 
+static SPIPlanPtr token_plan = NULL;
+static SPIPlanPtr reject_plan = NULL;
+static SPIPlanPtr progress_plan = NULL;
+
 static bool
 TokenCommitted(int slot, const char *token)
 {
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2] = {Int32GetDatum(slot), CStringGetTextDatum(token)};
-	int			ret = SPI_execute_with_args("SELECT 1 FROM aggr.consumers"
-											" WHERE consumer = $1 AND last_token = $2",
-											2, types, values, NULL, true, 1);
+	int			ret = SPI_execute_plan(AggrPreparedPlan(&token_plan,
+														"SELECT 1 FROM aggr.consumers"
+														" WHERE consumer = $1 AND last_token = $2",
+														2, types),
+									   values, NULL, true, 1);
 
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read aggr.consumers: %d", ret);
@@ -445,19 +451,24 @@ RecordBatch(int slot, const char *token, int nelements, const Rejects *rejects)
 			PointerGetDatum(construct_array(rejects->reason, rejects->n, TEXTOID, -1, false, TYPALIGN_INT)),
 		Int32GetDatum(slot)};
 
-		if (SPI_execute_with_args("INSERT INTO aggr.rejected (raw, reason, consumer)"
-								  " SELECT r.raw, r.reason, $3"
-								  " FROM unnest($1, $2) AS r(raw, reason)",
-								  3, rtypes, rvalues, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(AggrPreparedPlan(&reject_plan,
+											  "INSERT INTO aggr.rejected (raw, reason, consumer)"
+											  " SELECT r.raw, r.reason, $3"
+											  " FROM unnest($1, $2) AS r(raw, reason)",
+											  3, rtypes),
+							 rvalues, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not insert into aggr.rejected");
 	}
-	if (SPI_execute_with_args("INSERT INTO aggr.consumers AS c"
-							  " (consumer, last_token, batches, events, updated_at)"
-							  " VALUES ($1, $2, 1, $3, pg_catalog.now())"
-							  " ON CONFLICT (consumer) DO UPDATE SET"
-							  " last_token = excluded.last_token, batches = c.batches + 1,"
-							  " events = c.events + excluded.events, updated_at = excluded.updated_at",
-							  3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(AggrPreparedPlan(&progress_plan,
+										  "INSERT INTO aggr.consumers AS c"
+										  " (consumer, last_token, batches, events, updated_at)"
+										  " VALUES ($1, $2, 1, $3, pg_catalog.now())"
+										  " ON CONFLICT (consumer) DO UPDATE SET"
+										  " last_token = excluded.last_token, batches = c.batches + 1,"
+										  " events = c.events + excluded.events,"
+										  " updated_at = excluded.updated_at",
+										  3, types),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not update aggr.consumers");
 }
 

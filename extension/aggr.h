@@ -61,6 +61,9 @@ extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch);
 extern bool AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result);
 
 /* ingest.c */
+#include "executor/spi.h"
+extern SPIPlanPtr AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs,
+								   Oid *argtypes);
 extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
 extern Jsonb *AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted,
 									bool queued);

@@ -67,6 +67,26 @@ static const char *const ingest_sql =
 
 static SPIPlanPtr ingest_plan = NULL;
 
+/*
+ * The saved plan of a statement, prepared on first use (inside SPI).  Saved
+ * plans are revalidated by PostgreSQL after DDL, so they survive a
+ * DROP/CREATE EXTENSION in the same session.
+ */
+SPIPlanPtr
+AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s: %s", SPI_result_code_string(SPI_result), sql);
+		SPI_keepplan(plan);
+		*cache = plan;
+	}
+	return *cache;
+}
+
 /* Runs the ingest statement once; returns how many events were stored. */
 static int64
 RunIngestStatement(const AggrBatch *batch)
@@ -89,17 +109,8 @@ RunIngestStatement(const AggrBatch *batch)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (ingest_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(ingest_sql, 6, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the ingest statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		ingest_plan = plan;
-	}
-	ret = SPI_execute_plan(ingest_plan, values, NULL, false, 0);
+	ret = SPI_execute_plan(AggrPreparedPlan(&ingest_plan, ingest_sql, 6, argtypes),
+						   values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ingest statement returned %d", ret);
 	stored = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
