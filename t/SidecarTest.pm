@@ -26,14 +26,8 @@ our @EXPORT_OK = qw(new_node start_redis stop_redis check_invariants
   start_sidecar stop_sidecar http raw converse trickle json rss_kb wait_healthz);
 
 my $repo = abs_path(dirname(__FILE__) . '/..');
-my %running;    # pid => 1 for every sidecar started and not yet stopped
 
-# a test that dies leaves no sidecar behind
-END
-{
-    kill 'KILL', keys %running;
-    waitpid($_, 0) for keys %running;
-}
+# (AggrTest kills every process spawn() started when a test exits or dies.)
 
 sub wait_port
 {
@@ -80,7 +74,6 @@ sub start_sidecar
     }
     local %ENV = (%ENV, %env);
     my $pid = spawn($log, @cmd);
-    $running{$pid} = 1;
     wait_port($port, $pid, $o{valgrind} ? 60 : 15)
       or die "sidecar did not start:\n" . slurp_file($log);
     return { pid => $pid, port => $port, log => $log };
@@ -91,7 +84,6 @@ sub stop_sidecar
 {
     my ($sc, $seconds) = @_;
     kill 'TERM', $sc->{pid};
-    delete $running{ $sc->{pid} };
     my $deadline = time() + ($seconds || 30);
     while (time() < $deadline)
     {
