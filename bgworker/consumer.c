@@ -371,7 +371,7 @@ ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 	{
 		volatile bool failed = false;
 
-		AggrBatchInit(batch, Max(taken->nelements, 1));
+		AggrBatchInit(batch, Max(taken->nelements, 1), true);
 		rejects->n = 0;
 		for (volatile int i = 0; i < taken->nelements && !failed; i++)
 		{

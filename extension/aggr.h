@@ -40,6 +40,7 @@ typedef struct AggrBatch
 {
 	int			nevents;
 	int			capacity;
+	bool		store;			/* false: events are only checked */
 	Datum	   *topics;
 	Datum	   *event_ids;
 	Datum	   *timestamps;
@@ -55,9 +56,9 @@ typedef struct AggrIngestResult
 } AggrIngestResult;
 
 /* validate.c */
-extern void AggrBatchInit(AggrBatch *batch, int capacity);
+extern void AggrBatchInit(AggrBatch *batch, int capacity, bool store);
 extern const char *AggrCheckEvent(JsonbContainer *event, AggrBatch *batch);
-extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch);
+extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch, bool store);
 extern bool AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result);
 
 /* ingest.c */

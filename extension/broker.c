@@ -225,11 +225,22 @@ AggrEnqueueBatch(Jsonb *request, int nevents)
 	for (int i = 0; i < nevents; i++)
 	{
 		JsonbContainer *event = &request->root;
+		int			size = VARSIZE(request);
+		StringInfoData text;
 
 		if (JB_ROOT_IS_ARRAY(request))
-			event = getIthJsonbValueFromContainer(&request->root, i)->val.binary.data;
-		chunk->events[i] = JsonbToCString(NULL, event, VARSIZE(request));
-		chunk->lengths[i] = strlen(chunk->events[i]);
+		{
+			JsonbValue *element = getIthJsonbValueFromContainer(&request->root, i);
+
+			event = element->val.binary.data;
+			size = element->val.binary.len;
+		}
+		/* the binary size is a good first guess of the text's */
+		initStringInfo(&text);
+		enlargeStringInfo(&text, size);
+		JsonbToCString(&text, event, size);
+		chunk->events[i] = text.data;
+		chunk->lengths[i] = text.len;
 	}
 	chunk->next = pending;
 	pending = chunk;

@@ -215,7 +215,7 @@ aggr_ingest(PG_FUNCTION_ARGS)
 	AggrBatch	batch;
 	AggrIngestResult result;
 
-	AggrValidateRequest(request, &batch);
+	AggrValidateRequest(request, &batch, true);
 	AggrIngestBatch(&batch, &result);
 	PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, -1, false));
 }
@@ -231,7 +231,7 @@ aggr_publish(PG_FUNCTION_ARGS)
 	AggrBatch	batch;
 	AggrIngestResult result = {0};
 
-	AggrValidateRequest(request, &batch);
+	AggrValidateRequest(request, &batch, !AggrBrokerConfigured());
 	if (AggrBrokerConfigured())
 	{
 		AggrEnqueueBatch(request, batch.nevents);

@@ -20,11 +20,18 @@
 
 static Datum empty_payload = (Datum) 0;
 
+/*
+ * A batch for capacity events.  Without store, events are only checked
+ * (broker mode: the consumer builds the columns later).
+ */
 void
-AggrBatchInit(AggrBatch *batch, int capacity)
+AggrBatchInit(AggrBatch *batch, int capacity, bool store)
 {
 	batch->nevents = 0;
 	batch->capacity = capacity;
+	batch->store = store;
+	if (!store)
+		return;
 	batch->topics = palloc(sizeof(Datum) * capacity);
 	batch->event_ids = palloc(sizeof(Datum) * capacity);
 	batch->timestamps = palloc(sizeof(Datum) * capacity);
@@ -216,6 +223,11 @@ ParseUnixSeconds(Numeric num, TimestampTz *result)
 	return IS_VALID_TIMESTAMP(*result);
 }
 
+/*
+ * The field checks below set *value only when value is not NULL (a batch
+ * that stores its columns).
+ */
+
 /* A required JSON string of 1 to AGGR_FIELD_MAX_CHARS characters. */
 static const char *
 CheckStringField(JsonbContainer *event, const char *name, Datum *value)
@@ -232,7 +244,8 @@ CheckStringField(JsonbContainer *event, const char *name, Datum *value)
 		 pg_mbstrlen_with_len(v.val.string.val, len) > AGGR_FIELD_MAX_CHARS))
 		return psprintf("%s must be a string of 1 to %d characters",
 						name, AGGR_FIELD_MAX_CHARS);
-	*value = PointerGetDatum(cstring_to_text_with_len(v.val.string.val, len));
+	if (value)
+		*value = PointerGetDatum(cstring_to_text_with_len(v.val.string.val, len));
 	return NULL;
 }
 
@@ -251,7 +264,8 @@ CheckTimestamp(JsonbContainer *event, Datum *value)
 		ok = ParseUnixSeconds(v.val.numeric, &ts);
 	if (!ok)
 		return "timestamp must be an ISO-8601 date-time or a Unix time in seconds within the timestamp range";
-	*value = TimestampTzGetDatum(ts);
+	if (value)
+		*value = TimestampTzGetDatum(ts);
 	return NULL;
 }
 
@@ -262,6 +276,8 @@ CheckPayload(JsonbContainer *event, Datum *value)
 
 	if (!getKeyJsonValueFromContainer(event, "payload", 7, &v) || v.type == jbvNull)
 	{
+		if (value == NULL)
+			return NULL;
 		if (empty_payload == (Datum) 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -274,7 +290,8 @@ CheckPayload(JsonbContainer *event, Datum *value)
 	}
 	if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
 		return "payload must be a JSON object";
-	*value = PointerGetDatum(JsonbValueToJsonb(&v));
+	if (value)
+		*value = PointerGetDatum(JsonbValueToJsonb(&v));
 	return NULL;
 }
 
@@ -287,26 +304,28 @@ const char *
 AggrCheckEvent(JsonbContainer *event, AggrBatch *batch)
 {
 	int			i = batch->nevents;
+	bool		store = batch->store;
 	const char *error;
 
 	Assert(i < batch->capacity);
 	if (!JsonContainerIsObject(event))
 		return "must be a JSON object";
-	if ((error = CheckStringField(event, "topic", &batch->topics[i])) != NULL ||
-		(error = CheckStringField(event, "event_id", &batch->event_ids[i])) != NULL ||
-		(error = CheckTimestamp(event, &batch->timestamps[i])) != NULL ||
-		(error = CheckStringField(event, "source", &batch->sources[i])) != NULL ||
-		(error = CheckPayload(event, &batch->payloads[i])) != NULL)
+	if ((error = CheckStringField(event, "topic", store ? &batch->topics[i] : NULL)) != NULL ||
+		(error = CheckStringField(event, "event_id", store ? &batch->event_ids[i] : NULL)) != NULL ||
+		(error = CheckTimestamp(event, store ? &batch->timestamps[i] : NULL)) != NULL ||
+		(error = CheckStringField(event, "source", store ? &batch->sources[i] : NULL)) != NULL ||
+		(error = CheckPayload(event, store ? &batch->payloads[i] : NULL)) != NULL)
 		return error;
 	batch->nevents++;
 	return NULL;
 }
 
 /*
- * Validates a whole request into a batch, raising on the first bad event.
+ * Validates a whole request into a batch (its columns too, with store),
+ * raising on the first bad event.
  */
 void
-AggrValidateRequest(Jsonb *request, AggrBatch *batch)
+AggrValidateRequest(Jsonb *request, AggrBatch *batch, bool store)
 {
 	JsonbContainer *root = &request->root;
 	int			nevents;
@@ -325,7 +344,7 @@ AggrValidateRequest(Jsonb *request, AggrBatch *batch)
 						nevents, aggr_max_request_events),
 				 errhint("Split the request into smaller batches.")));
 
-	AggrBatchInit(batch, nevents);
+	AggrBatchInit(batch, nevents, store);
 	for (int i = 0; i < nevents; i++)
 	{
 		const char *error;
