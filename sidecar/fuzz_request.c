@@ -14,7 +14,7 @@
  *	  HTTP/1.1 request as text: request line, header lines, an empty line,
  *	  the rest.  The rest is the body, framed as MHD would (Content-Length,
  *	  or all of it when Transfer-Encoding is present), and also the bytes
- *	  the recorder puts in error messages and /metrics keys.
+ *	  the recorder puts in error messages and /metrics keys (split at |).
  *
  *	  Checked on every input, against a model written here independently
  *	  of request.c, beyond "no crash, no leak" (ASan/UBSan):
@@ -398,7 +398,10 @@ Result(int ncols, const char *const *cells, int nrows)
 	return res;
 }
 
-/* the rows aggr_metrics would give, keys taken from the input */
+/*
+ * The rows aggr_metrics would give, keys taken from the input: '|'
+ * separates them, so that a key can hold a line break as topics can.
+ */
 static PGresult *
 MetricsResult(const Input *in)
 {
@@ -406,14 +409,16 @@ MetricsResult(const Input *in)
 	char	   *keys[MAX_METRIC_ROWS];
 	const char *pos = in->rest;
 	const char *end = in->rest + in->rest_len;
-	const char *line;
-	size_t		len;
 	int			n = 0;
 	PGresult   *res;
 
-	while (n < MAX_METRIC_ROWS && (line = NextLine(&pos, end, &len)) != NULL)
+	while (n < MAX_METRIC_ROWS && pos < end)
 	{
-		keys[n] = Dup(line, len);
+		const char *bar = memchr(pos, '|', end - pos);
+		const char *stop = bar ? bar : end;
+
+		keys[n] = Dup(pos, stop - pos);
+		pos = stop + 1;
 		cells[n * 3] = (in->variant_b && n % 2) ? "t" : "n";
 		cells[n * 3 + 1] = keys[n];
 		cells[n * 3 + 2] = n == 3 ? NULL : "42";
