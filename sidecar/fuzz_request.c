@@ -932,8 +932,11 @@ Model(const Input *in)
 			e.www_authenticate = true;
 			return e.status = 401, e;
 		}
+		const char *te = InputHeader((void *) in, "Transfer-Encoding");
+
 		if (InputHeaderCount((void *) in, "Content-Length") > 1 ||
-			(cl && InputHeader((void *) in, "Transfer-Encoding")) ||
+			(cl && te) ||
+			(te && strcasecmp(te, "chunked") != 0) ||
 			(cl && !ModelInt(cl, 0, INT64_MAX, &n)))
 			return e.status = 400, e;
 		if (n > (long long) aggr_config.max_body)

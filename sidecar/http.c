@@ -21,6 +21,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <ctype.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -282,6 +283,42 @@ MhdLog(void *cls, const char *fmt, va_list ap)
 	AggrLogV("mhd", fmt, ap);
 }
 
+static int
+HexValue(char c)
+{
+	return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+/*
+ * Percent-decoding of the path and the query, as MHD's own but for %00,
+ * which stays undecoded: a decoded NUL would silently cut the C string
+ * short (/stats%00x would answer as /stats, limit=5%00 as limit=5).  Left
+ * as it is, such a path is unknown (404), such a number invalid (400), and
+ * such a topic one that no stored event has (an event's strings hold no NUL).
+ */
+static size_t
+UnescapeKeepingNul(void *cls, struct MHD_Connection *connection, char *s)
+{
+	char	   *r = s;
+	char	   *w = s;
+
+	(void) cls;
+	(void) connection;
+	while (*r)
+	{
+		if (r[0] == '%' && isxdigit((unsigned char) r[1]) &&
+			isxdigit((unsigned char) r[2]) && !(r[1] == '0' && r[2] == '0'))
+		{
+			*w++ = (char) (HexValue(r[1]) * 16 + HexValue(r[2]));
+			r += 3;
+		}
+		else
+			*w++ = *r++;
+	}
+	*w = '\0';
+	return (size_t) (w - s);
+}
+
 /* one polling thread: it only moves bytes, the database work is elsewhere */
 struct MHD_Daemon *
 AggrHttpStart(const void *sockaddr)
@@ -293,6 +330,7 @@ AggrHttpStart(const void *sockaddr)
 		flags |= MHD_USE_IPv6;
 	return MHD_start_daemon(flags, 0, NULL, NULL, Handler, NULL,
 							MHD_OPTION_EXTERNAL_LOGGER, MhdLog, NULL,
+							MHD_OPTION_UNESCAPE_CALLBACK, UnescapeKeepingNul, NULL,
 							MHD_OPTION_SOCK_ADDR, sockaddr,
 							MHD_OPTION_CONNECTION_LIMIT, aggr_config.max_conns,
 							MHD_OPTION_PER_IP_CONNECTION_LIMIT,

@@ -139,6 +139,7 @@ static void
 PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 {
 	const char *cl;
+	const char *te;
 	int64_t		len = -1;
 
 	if (aggr_config.token &&
@@ -150,10 +151,14 @@ PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 	}
 
 	cl = in->header(in->arg, "Content-Length");
+	te = in->header(in->arg, "Transfer-Encoding");
 	if (in->header_count(in->arg, "Content-Length") > 1)
 		AnswerError(req, 400, "more than one Content-Length header");
-	else if (cl && in->header(in->arg, "Transfer-Encoding"))
+	else if (cl && te)
 		AnswerError(req, 400, "both Content-Length and Transfer-Encoding");
+	else if (te && strcasecmp(te, "chunked") != 0)
+		/* MHD reads such a body to the end of the connection: refuse it now */
+		AnswerError(req, 400, "unsupported Transfer-Encoding; only chunked is accepted");
 	else if (cl && (!AggrParseInt64(cl, &len) || len < 0))
 		AnswerError(req, 400, "invalid Content-Length");
 	else if (len > (int64_t) aggr_config.max_body)

@@ -114,6 +114,7 @@ static void
 TestSqlstates(void)
 {
 	CheckStatus("22P02", 400, false, false);
+	CheckStatus("22003", 400, false, false);
 	CheckStatus("22P05", 400, false, false);
 	CheckStatus("22021", 400, false, false);
 	CheckStatus("54001", 400, false, false);

@@ -476,7 +476,7 @@ case("chunked, size $_, short data", $TE . "$_\r\nabc\r\n0\r\n\r\n", 'timeout')
   for ('ffffffffffffffff', '7fffffffffffffff');
 case('chunked, no last chunk', $TE . "5\r\n[1,2]\r\n", 'timeout');
 case("Transfer-Encoding: $_", head('POST /publish') . "Transfer-Encoding: $_\r\n\r\n"
-      . chunks(ev()) . "0\r\n\r\n", 'timeout')
+      . chunks(ev()) . "0\r\n\r\n", 400)
   for ('gzip, chunked', 'chunked, chunked', 'junk', 'identity');
 case('Transfer-Encoding: identity and Content-Length',
     head('POST /publish') . "Transfer-Encoding: identity\r\nContent-Length: "
@@ -507,10 +507,11 @@ case("GET $_", get($_), 404)
   for ('/', '/publish/', '/Publish', '//publish', '/publish/..', '/events/1', '/stats.json',
     '/healthz/', '/metrics;x', '/' . ('a' x 2000), 'http://evil/stats', 'stats',
     '/../../etc/passwd', '/%2Fstats', '/events#x', '/%00');
-my $nul_todo = 'sidecar: libmicrohttpd unescapes %00 in place and the C string ends there';
-case('GET /stats%00x', get('/stats%00x'), 404, todo => $nul_todo);
-case("GET /events?$_", get("/events?$_"), 400, todo => $nul_todo)
-  for ('topic=a%00b', 'limit=5%00', 'after=1%00x');
+# %00 is left undecoded (a NUL would cut the C strings short): an unknown
+# path, an invalid number, a topic no event can have
+case('GET /stats%00x', get('/stats%00x'), 404);
+case("GET /events?$_", get("/events?$_"), 400) for ('limit=5%00', 'after=1%00x');
+case('GET /events?topic=a%00b', get('/events?topic=a%00b'), 200);
 case('GET /%73tats (decoded to /stats)', get('/%73tats'), 200);
 case('GET /stats?x=1', get('/stats?x=1'), 200);
 case('a 40 KiB URL', get('/' . ('a' x 40_000)), 414, mhd => 1);
