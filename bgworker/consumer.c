@@ -30,6 +30,9 @@
 #include "../extension/aggr.h"
 
 #include <hiredis/hiredis.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -609,6 +612,17 @@ AggrConsumerMain(Datum main_arg)
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "aggr consumer loop",
 										 ALLOCSET_DEFAULT_SIZES);
+#ifdef __GLIBC__
+
+	/*
+	 * Every batch allocates and frees the same few megabytes; without this,
+	 * glibc hands them back to the kernel and the next batch faults them in
+	 * again (about a tenth of a consumer's CPU).  The memory stays bounded by
+	 * one batch's peak.
+	 */
+	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+#endif
 	ereport(LOG, (errmsg("aggr consumer %d started on queue \"%s\"", my_slot, aggr_queue_key)));
 
 	for (;;)
