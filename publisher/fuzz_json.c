@@ -36,7 +36,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 	}
 
-	AggrBufInit(&buf);
+	AggrBufInit(&buf, 0);
 	AggrBufAppendStr(&buf, "{\"k\":");
 	AggrJsonAppendString(&buf, json, size);
 	AggrBufAppendStr(&buf, "}");

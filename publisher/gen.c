@@ -190,7 +190,7 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 	}
 
 	/* the bodies: an original is formatted, a re-send copies its bytes */
-	AggrBufInit(&quoted);
+	AggrBufInit(&quoted, 0);
 	AggrJsonAppendString(&quoted, opts->source, strlen(opts->source));
 	first_copy = AggrMalloc(sizeof(long) * (size_t) stream->n_unique);
 	for (long u = 0; u < stream->n_unique; u++)
@@ -206,7 +206,7 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 		batch->first = (long) b * opts->batch_size;
 		batch->count = (int) ((n - batch->first < opts->batch_size) ?
 							  n - batch->first : opts->batch_size);
-		AggrBufInit(&body);
+		AggrBufInit(&body, 0);
 		AggrBufAppend(&body, "[", 1);
 		for (long i = batch->first; i < batch->first + batch->count; i++)
 		{

@@ -1,6 +1,6 @@
 /*
  * json.c
- *		Writing JSON strings and reading integer fields from server answers.
+ *		Reading integer fields from server answers.
  *
  * The reader is a small validating recursive-descent scanner over a byte range
  * that need not be NUL-terminated.  It never reads outside [json, json+len),
@@ -14,123 +14,6 @@
 #include <string.h>
 
 #include "json.h"
-
-/* ---------- writing ---------- */
-
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t
-Utf8SequenceLength(const unsigned char *s, size_t n)
-{
-	unsigned char c = s[0];
-	size_t		need;
-	unsigned char lo = 0x80;
-	unsigned char hi = 0xBF;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		need = 2;
-	else if (c >= 0xE0 && c <= 0xEF)
-	{
-		need = 3;
-		if (c == 0xE0)
-			lo = 0xA0;			/* no overlong forms */
-		else if (c == 0xED)
-			hi = 0x9F;			/* no UTF-16 surrogates */
-	}
-	else if (c >= 0xF0 && c <= 0xF4)
-	{
-		need = 4;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;			/* nothing above U+10FFFF */
-	}
-	else
-		return 0;
-	if (n < need || s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < need; i++)
-		if (s[i] < 0x80 || s[i] > 0xBF)
-			return 0;
-	return need;
-}
-
-void
-AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len)
-{
-	static const char hex[] = "0123456789abcdef";
-	const unsigned char *p = (const unsigned char *) s;
-	size_t		i = 0;
-
-	AggrBufReserve(buf, len + 2);
-	AggrBufAppend(buf, "\"", 1);
-	while (i < len)
-	{
-		unsigned char c = p[i];
-		size_t		run = i;
-		size_t		n;
-
-		/* copy the longest run that needs no escaping in one go */
-		while (run < len && p[run] >= 0x20 && p[run] < 0x80 &&
-			   p[run] != '"' && p[run] != '\\')
-			run++;
-		if (run > i)
-		{
-			AggrBufAppend(buf, p + i, run - i);
-			i = run;
-			continue;
-		}
-		switch (c)
-		{
-			case '"':
-				AggrBufAppend(buf, "\\\"", 2);
-				break;
-			case '\\':
-				AggrBufAppend(buf, "\\\\", 2);
-				break;
-			case '\b':
-				AggrBufAppend(buf, "\\b", 2);
-				break;
-			case '\f':
-				AggrBufAppend(buf, "\\f", 2);
-				break;
-			case '\n':
-				AggrBufAppend(buf, "\\n", 2);
-				break;
-			case '\r':
-				AggrBufAppend(buf, "\\r", 2);
-				break;
-			case '\t':
-				AggrBufAppend(buf, "\\t", 2);
-				break;
-			default:
-				if (c < 0x20)
-				{
-					char		esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-
-					AggrBufAppend(buf, esc, 6);
-					break;
-				}
-				n = Utf8SequenceLength(p + i, len - i);
-				if (n == 0)
-				{
-					AggrBufAppend(buf, "\\ufffd", 6);
-					i++;
-				}
-				else
-				{
-					AggrBufAppend(buf, p + i, n);
-					i += n;
-				}
-				continue;
-		}
-		i++;
-	}
-	AggrBufAppend(buf, "\"", 1);
-}
-
-/* ---------- reading ---------- */
 
 typedef struct Scanner
 {

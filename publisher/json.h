@@ -1,7 +1,7 @@
 /*
  * json.h
- *		The publisher's only JSON code: writing escaped strings, and reading a
- *		few top-level integer fields out of the server's answers.
+ *		The publisher's JSON reader: a few top-level integer fields out of
+ *		the server's answers (writing strings is common/'s AggrJsonAppendString).
  */
 #ifndef AGGR_JSON_H
 #define AGGR_JSON_H
@@ -22,9 +22,6 @@ typedef enum AggrJsonResult
 
 /* Deepest nesting AggrJsonGetInt accepts; deeper documents are malformed. */
 #define AGGR_JSON_MAX_DEPTH 64
-
-/* Append s[0..len) as a quoted JSON string; invalid UTF-8 becomes U+FFFD. */
-extern void AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len);
 
 /*
  * Look up key among the members of the top-level object in json[0..len) (no

@@ -341,7 +341,7 @@ WaitReady(const Options *o, const AggrRedisTarget *redis)
 	AggrBuf		body;
 	bool		ready = false;
 
-	AggrBufInit(&body);
+	AggrBufInit(&body, 0);
 	while (!interrupted)
 	{
 		long		status = 0;
@@ -377,7 +377,7 @@ GetStats(const Options *o, Stats *s, char *err, size_t errlen)
 	long		status;
 	bool		ok;
 
-	AggrBufInit(&body);
+	AggrBufInit(&body, 0);
 	ok = AggrHttpGet(o->url, "/stats", o->token, o->timeout_s * 1000, &status, &body, err, errlen);
 	if (ok && status != 200)
 	{
@@ -684,7 +684,7 @@ PrintJson(const Options *o, const AggrRun *run, const Summary *sm, const Verify 
 	AggrBuf		j;
 	bool		first = true;
 
-	AggrBufInit(&j);
+	AggrBufInit(&j, 0);
 	AggrBufPrintf(&j, "{\"ok\":%s,", ok ? "true" : "false");
 	JsonKeyString(&j, "via", strcmp(o->via, "http") == 0 ? "http" : "redis");
 	AggrBufPrintf(&j, ",\"events\":%ld,\"expected_unique\":%ld,\"expected_duplicates\":%ld,"

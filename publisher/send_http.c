@@ -83,7 +83,7 @@ BuildHeaders(const char *token, bool json_body)
 	{
 		AggrBuf		h;
 
-		AggrBufInit(&h);
+		AggrBufInit(&h, 0);
 		AggrBufPrintf(&h, "Authorization: Bearer %s", token);
 		headers = curl_slist_append(headers, h.data);
 		AggrBufFree(&h);
@@ -149,7 +149,7 @@ AggrHttpGet(const char *base_url, const char *path, const char *token,
 		curl_slist_free_all(headers);
 		return false;
 	}
-	AggrBufInit(&url);
+	AggrBufInit(&url, 0);
 	BuildUrl(&url, base_url, path);
 	AggrBufReset(body);
 	SetCommonOptions(easy, url.data, headers, timeout_ms, body, errbuf);
@@ -238,13 +238,13 @@ AggrSendHttp(AggrRun *run, const char *base_url, char *err, size_t errlen)
 	AggrBuf		url;
 	bool		ok = true;
 
-	AggrBufInit(&url);
+	AggrBufInit(&url, 0);
 	BuildUrl(&url, base_url, "/publish");
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) run->concurrency);
 	for (int i = 0; i < run->concurrency; i++)
 	{
 		slots[i].batch = -1;
-		AggrBufInit(&slots[i].answer);
+		AggrBufInit(&slots[i].answer, 0);
 		slots[i].easy = curl_easy_init();
 		if (slots[i].easy == NULL)
 		{

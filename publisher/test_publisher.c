@@ -189,7 +189,7 @@ CheckStream(const AggrStream *s, long events, double ratio, int batch)
 		const AggrBatch *bt = &s->batches[b];
 		AggrBuf		expect;
 
-		AggrBufInit(&expect);
+		AggrBufInit(&expect, 0);
 		AggrBufAppend(&expect, "[", 1);
 		for (long i = bt->first; i < bt->first + bt->count; i++)
 		{
@@ -762,7 +762,7 @@ TestJsonExtract(void)
 		AggrBuf		doc;
 		int64_t		v;
 
-		AggrBufInit(&doc);
+		AggrBufInit(&doc, 0);
 		AggrBufAppendStr(&doc, "{\"x\":");
 		for (int i = 0; i < AGGR_JSON_MAX_DEPTH - 1; i++)
 			AggrBufAppendStr(&doc, "[");
@@ -855,7 +855,7 @@ EscapesTo(const char *in, size_t len, const char *want)
 	AggrBuf		b;
 	bool		ok;
 
-	AggrBufInit(&b);
+	AggrBufInit(&b, 0);
 	AggrJsonAppendString(&b, in, len);
 	ok = (b.len == strlen(want) && memcmp(b.data, want, b.len) == 0);
 	if (!ok)
@@ -875,7 +875,7 @@ EscapedIsValid(const char *s, size_t len)
 	int64_t		v;
 	bool		ok;
 
-	AggrBufInit(&b);
+	AggrBufInit(&b, 0);
 	AggrBufAppendStr(&b, "{\"k\":");
 	AggrJsonAppendString(&b, s, len);
 	AggrBufAppendStr(&b, "}");

@@ -24,6 +24,8 @@
 
 #include <libpq-fe.h>
 
+#include "../common/aggr_common.h"
+
 #define AGGR_SIDECAR_VERSION "0.1"
 
 /* configuration, filled by main.c from flags and the environment */
@@ -43,25 +45,9 @@ typedef struct AggrConfig
 
 extern AggrConfig aggr_config;
 
-/* util.c: growable byte buffer and escaping */
-typedef struct AggrBuf
-{
-	char	   *data;			/* always NUL-terminated */
-	size_t		len;
-	size_t		cap;
-} AggrBuf;
-
-extern void *AggrMalloc(size_t size);
-extern void *AggrRealloc(void *ptr, size_t size);
-extern char *AggrStrdup(const char *s);
-extern void AggrBufInit(AggrBuf *buf, size_t cap);
-extern void AggrBufAppend(AggrBuf *buf, const char *data, size_t len);
-extern void AggrBufAppendStr(AggrBuf *buf, const char *s);
-extern void AggrBufPrintf(AggrBuf *buf, const char *fmt,...)
-			__attribute__((format(printf, 2, 3)));
+/* util.c: what only the sidecar needs beside common/aggr_common.h */
 extern void AggrBufJsonString(AggrBuf *buf, const char *s);
 extern void AggrBufUrlEncode(AggrBuf *buf, const char *s);
-extern void AggrBufFree(AggrBuf *buf);
 extern bool AggrParseInt64(const char *s, int64_t *out);
 extern int64_t AggrNowUs(void);
 extern void AggrFormatUtcNow(char *out, size_t outlen);

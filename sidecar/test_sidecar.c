@@ -75,7 +75,7 @@ TestEscaping(void)
 	CheckJson("", "\"\"");
 	CheckJson("plain", "\"plain\"");
 	CheckJson("q\"b\\s/", "\"q\\\"b\\\\s/\"");
-	CheckJson("\n\r\t\b\x01\x1f", "\"\\n\\r\\t\\u0008\\u0001\\u001f\"");
+	CheckJson("\n\r\t\b\x01\x1f", "\"\\n\\r\\t\\b\\u0001\\u001f\"");
 	CheckJson("\x7f", "\"\x7f\"");
 	CheckJson("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
 	CheckJson("a\xff" "b", "\"a\\ufffdb\"");
