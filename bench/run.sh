@@ -12,7 +12,8 @@
 #            (appendfsync always); peak RSS = their private memory, summed
 #   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
 #
-# Each workload: the demo's 20,000 events and 1,000,000 events (35 % dups);
+# Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
+# (35 % duplicates);
 # SQL runs alternate raw and ingest three times and keep the median.
 # BENCH_SIZES="20000 1000000" and BENCH_LARGE=1 (aggr_ingest at 10 M stored
 # events) tune it.  Results: bench/out/results.{csv,md} and results.png.
@@ -22,7 +23,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 aggr_install_deps
 . "$src/tools/servers.sh"
 
-sizes=${BENCH_SIZES:-"20000 1000000"}
+sizes=${BENCH_SIZES:-"20000 200000 1000000"}
 out="$src/bench/out"
 mkdir -p "$out"
 csv="$out/results.csv"
