@@ -8,6 +8,7 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set datafile missing '-'
 set key top right autotitle columnheader
+set xtics rotate by -20
 set ylabel 'events/s'
 set yrange [0:*]
 plot for [i=2:ncols] dat using i:xtic(1)
