@@ -356,6 +356,30 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 	rejects->n++;
 }
 
+typedef struct ConvertCall
+{
+	TakenBatch *taken;
+	AggrBatch  *batch;
+	Rejects    *rejects;
+	int			first;			/* elements first .. last - 1 */
+	int			last;
+} ConvertCall;
+
+static void
+ConvertRange(void *arg)
+{
+	ConvertCall *call = arg;
+	TakenBatch *taken = call->taken;
+
+	for (int i = call->first; i < call->last; i++)
+	{
+		const char *reason = ConvertElement(taken->elements[i], taken->lengths[i], call->batch);
+
+		if (reason != NULL)
+			AddReject(call->rejects, taken->elements[i], taken->lengths[i], reason);
+	}
+}
+
 /*
  * Converts every element.  The fast path runs them all in one subtransaction;
  * if anything raises (invalid JSON, say), it starts over with one
@@ -364,58 +388,28 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 static void
 ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 {
-	MemoryContext context = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	ConvertCall call = {taken, batch, rejects, 0, taken->nelements};
+	ErrorData  *error;
 
 	rejects->raw = palloc(sizeof(Datum) * Max(taken->nelements, 1));
 	rejects->reason = palloc(sizeof(Datum) * Max(taken->nelements, 1));
+	AggrBatchInit(batch, Max(taken->nelements, 1), true);
+	rejects->n = 0;
+	if ((error = AggrTrySubtransaction(ConvertRange, &call)) == NULL)
+		return;
+	FreeErrorData(error);
 
-	for (volatile int per_element = 0; per_element <= 1; per_element++)
+	AggrBatchInit(batch, Max(taken->nelements, 1), true);
+	rejects->n = 0;
+	for (int i = 0; i < taken->nelements; i++)
 	{
-		volatile bool failed = false;
-
-		AggrBatchInit(batch, Max(taken->nelements, 1), true);
-		rejects->n = 0;
-		for (volatile int i = 0; i < taken->nelements && !failed; i++)
+		call.first = i;
+		call.last = i + 1;
+		if ((error = AggrTrySubtransaction(ConvertRange, &call)) != NULL)
 		{
-			if (per_element || i == 0)
-			{
-				BeginInternalSubTransaction(NULL);
-				MemoryContextSwitchTo(context);
-			}
-			PG_TRY();
-			{
-				const char *reason = ConvertElement(taken->elements[i], taken->lengths[i], batch);
-
-				if (reason != NULL)
-					AddReject(rejects, taken->elements[i], taken->lengths[i], reason);
-				if (per_element || i == taken->nelements - 1)
-				{
-					ReleaseCurrentSubTransaction();
-					MemoryContextSwitchTo(context);
-					CurrentResourceOwner = owner;
-				}
-			}
-			PG_CATCH();
-			{
-				ErrorData  *edata;
-
-				MemoryContextSwitchTo(context);
-				edata = CopyErrorData();
-				FlushErrorState();
-				RollbackAndReleaseCurrentSubTransaction();
-				MemoryContextSwitchTo(context);
-				CurrentResourceOwner = owner;
-				if (per_element)
-					AddReject(rejects, taken->elements[i], taken->lengths[i], edata->message);
-				else
-					failed = true;
-				FreeErrorData(edata);
-			}
-			PG_END_TRY();
+			AddReject(rejects, taken->elements[i], taken->lengths[i], error->message);
+			FreeErrorData(error);
 		}
-		if (!failed)
-			return;
 	}
 }
 

@@ -65,6 +65,7 @@ extern bool AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result)
 #include "executor/spi.h"
 extern SPIPlanPtr AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs,
 								   Oid *argtypes);
+extern ErrorData *AggrTrySubtransaction(void (*fn) (void *arg), void *arg);
 extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
 extern Jsonb *AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted,
 									bool queued);

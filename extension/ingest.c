@@ -120,6 +120,53 @@ RunIngestStatement(const AggrBatch *batch)
 }
 
 /*
+ * Runs fn(arg) in a subtransaction of its own.  Returns NULL when it
+ * succeeded (its work joins the caller's transaction), or the error it
+ * raised, copied into the caller's memory context, once the subtransaction
+ * is rolled back: the caller re-throws it or carries on without that work.
+ */
+ErrorData *
+AggrTrySubtransaction(void (*fn) (void *arg), void *arg)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile error = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		error = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	CurrentResourceOwner = owner;
+	return error;
+}
+
+typedef struct IngestCall
+{
+	const AggrBatch *batch;
+	int64		stored;
+} IngestCall;
+
+static void
+RunIngestCall(void *arg)
+{
+	IngestCall *call = arg;
+
+	call->stored = RunIngestStatement(call->batch);
+}
+
+/*
  * Stores a validated batch and updates the counters, inside the current
  * transaction.  Deadlocks are retried in a subtransaction, which undoes the
  * lost attempt without touching the caller's earlier work.
@@ -127,60 +174,36 @@ RunIngestStatement(const AggrBatch *batch)
 void
 AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 {
-	MemoryContext caller_context = CurrentMemoryContext;
-	ResourceOwner caller_owner = CurrentResourceOwner;
-	volatile int64 stored = 0;
+	IngestCall	call = {batch, 0};
 
-	for (volatile int attempt = 1;; attempt++)
+	for (int attempt = 1;; attempt++)
 	{
-		volatile bool retry = false;
+		ErrorData  *error = AggrTrySubtransaction(RunIngestCall, &call);
 
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(caller_context);
-		PG_TRY();
-		{
-			stored = RunIngestStatement(batch);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(caller_context);
-			CurrentResourceOwner = caller_owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(caller_context);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(caller_context);
-			CurrentResourceOwner = caller_owner;
-
-			/*
-			 * Under REPEATABLE READ or SERIALIZABLE the snapshot stays, so a
-			 * serialization failure would only repeat: the caller retries.
-			 */
-			if (attempt < AGGR_INGEST_ATTEMPTS &&
-				(edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
-				 (edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
-				  !IsolationUsesXactSnapshot())))
-			{
-				ereport(LOG,
-						(errmsg("aggr: retrying a batch of %d events after: %s",
-								batch->nevents, edata->message)));
-				FreeErrorData(edata);
-				retry = true;
-			}
-			else
-				ReThrowError(edata);
-		}
-		PG_END_TRY();
-		if (!retry)
+		if (error == NULL)
 			break;
+
+		/*
+		 * Under REPEATABLE READ or SERIALIZABLE the snapshot stays, so a
+		 * serialization failure would only repeat: the caller retries.
+		 */
+		if (attempt < AGGR_INGEST_ATTEMPTS &&
+			(error->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+			 (error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
+			  !IsolationUsesXactSnapshot())))
+		{
+			ereport(LOG,
+					(errmsg("aggr: retrying a batch of %d events after: %s",
+							batch->nevents, error->message)));
+			FreeErrorData(error);
+			continue;
+		}
+		ReThrowError(error);
 	}
 
 	result->received = batch->nevents;
-	result->unique = stored;
-	result->duplicates = batch->nevents - stored;
+	result->unique = call.stored;
+	result->duplicates = batch->nevents - call.stored;
 }
 
 /*
