@@ -78,6 +78,15 @@ else
     suite "sidecar unit tests" make -s -C sidecar check
     suite "publisher unit tests" make -s -C publisher check
     suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
+    suite "make demo, twice (13,000 unique, then all duplicates)" bash -c '
+        d=$(mktemp -d)
+        export AGGR_DEMO_DIR=$d/demo
+        export AGGR_HTTP_PORT=$(perl -MIO::Socket::INET -e "print IO::Socket::INET->new(LocalAddr => q(127.0.0.1), LocalPort => 0, Listen => 1)->sockport")
+        bash tools/demo.sh && bash tools/demo.sh
+        rc=$?
+        bash tools/demo.sh clean
+        rm -rf "$d"
+        exit $rc'
     suite "fuzz smoke (30 s per harness)" bash tools/fuzz.sh 30
     suite "sidecar under ASan/UBSan (t/040)" bash tools/asan-tap.sh sidecar t/040_sidecar.pl
     suite "publisher under ASan/UBSan (t/050)" bash tools/asan-tap.sh publisher t/050_publisher_redis.pl
