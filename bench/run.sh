@@ -103,7 +103,7 @@ done
 echo "=== HTTP: POST /publish in direct mode (sidecar, 2 connections)"
 for n in $sizes; do
     raw_var="raw_$n"; raw=${!raw_var}
-    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
     sidecar_start --threads 2
     summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
     record http "$n" "$(json_field events_per_second <<< "$summary" | cut -d. -f1)" \
@@ -141,7 +141,7 @@ wait_drained() {
 }
 for n in $sizes; do
     raw_var="raw_$n"; raw=${!raw_var}
-    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
     redis-cli -p "$AGGR_REDIS_PORT" DEL bench:staging >/dev/null
     "$publisher" --via "redis://127.0.0.1:$AGGR_REDIS_PORT" --queue-key bench:staging \
         --events "$n" --quiet >/dev/null
@@ -152,7 +152,7 @@ for n in $sizes; do
     t1=$(date +%s.%N)
     record drain "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" "" "" "$worker_peak"
 
-    sql -c "TRUNCATE aggr.events, aggr.counters" >/dev/null
+    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
     sidecar_start --threads 2
     t0=$(date +%s.%N)
     summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
