@@ -110,6 +110,9 @@ static int	backoff_ms = 0;
  */
 static char *unacked_token = NULL;
 
+/* consumer 1 has yet to adopt the lists of slots beyond the pool */
+static bool adopt_pending = false;
+
 static void
 CloseRedis(int code, Datum arg)
 {
@@ -141,6 +144,7 @@ BrokerFailed(const char *what)
 				(errmsg("aggr consumer %d: lost the broker: %s", my_slot, what),
 				 errdetail("Taken elements stay in Redis; retrying with backoff.")));
 	broker_was_down = true;
+	adopt_pending = (my_slot == 1);
 	if (redis != NULL)
 		redisFree(redis);
 	redis = NULL;
@@ -589,6 +593,7 @@ AggrConsumerMain(Datum main_arg)
 	volatile bool warned_missing = false;
 
 	my_slot = DatumGetInt32(main_arg);
+	adopt_pending = (my_slot == 1);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -645,10 +650,17 @@ AggrConsumerMain(Datum main_arg)
 			}
 			if (extension_ready && EnsureRedis())
 			{
-				/* consumer 1 adopts what slots beyond the pool left behind */
-				if (my_slot == 1)
+				/*
+				 * Consumer 1 adopts what slots beyond the pool left behind
+				 * (the pool shrank across a restart): once at start, and
+				 * again after each outage of the broker.
+				 */
+				if (adopt_pending)
+				{
 					for (int slot = aggr_worker_count + 1; slot <= AGGR_MAX_WORKERS && redis; slot++)
 						ConsumeOnce(slot, false);
+					adopt_pending = (redis == NULL);
+				}
 				if (redis)
 					ConsumeOnce(my_slot, true);
 			}
