@@ -95,7 +95,7 @@ AggrShmemSize(void)
 	return MAXALIGN(sizeof(AggrSharedState));
 }
 
-void
+static void
 AggrShmemRequest(void)
 {
 #if PG_VERSION_NUM >= 150000
@@ -106,7 +106,7 @@ AggrShmemRequest(void)
 	RequestNamedLWLockTranche("aggr", 1);
 }
 
-void
+static void
 AggrShmemStartup(void)
 {
 	bool		found;

@@ -59,7 +59,6 @@ typedef struct AggrIngestResult
 extern void AggrBatchInit(AggrBatch *batch, int capacity, bool store);
 extern const char *AggrCheckEvent(JsonbContainer *event, AggrBatch *batch);
 extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch, bool store);
-extern bool AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result);
 
 /* ingest.c */
 #include "executor/spi.h"
@@ -67,8 +66,6 @@ extern SPIPlanPtr AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs
 								   Oid *argtypes);
 extern ErrorData *AggrTrySubtransaction(void (*fn) (void *arg), void *arg);
 extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
-extern Jsonb *AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted,
-									bool queued);
 
 /* broker.c */
 struct redisContext;
@@ -99,7 +96,5 @@ typedef struct AggrSharedState
 extern AggrSharedState *aggr_shared;
 extern int	AggrLiveWorkerCount(void);
 extern void AggrRegisterConsumers(void);
-extern void AggrShmemRequest(void);
-extern void AggrShmemStartup(void);
 
 #endif							/* AGGR_H */

@@ -210,7 +210,7 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
  * The answer of aggr_ingest (accepted < 0) and aggr_publish: direct mode
  * reports what was stored, queue mode only what was accepted.
  */
-Jsonb *
+static Jsonb *
 AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted, bool queued)
 {
 	char	   *text;

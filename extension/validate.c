@@ -76,7 +76,7 @@ Expect(const char **p, const char *end, char c)
  * are truncated.  PostgreSQL's own input function is deliberately not used:
  * it also accepts 'now', 'epoch' and free-form dates.
  */
-bool
+static bool
 AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result)
 {
 	const char *p = str;
