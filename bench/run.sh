@@ -13,8 +13,9 @@
 #   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
-# (35 % duplicates);
-# SQL runs alternate raw and ingest three times and keep the median.
+# (35 % duplicates), the same batches for every workload (make_batches).
+# SQL runs alternate raw and ingest three times, broker runs drain and
+# publish three times; each keeps its median.
 # BENCH_SIZES="20000 1000000" and BENCH_LARGE=1 (aggr_ingest at 10 M stored
 # events) tune it.  Results: bench/out/results.{csv,md} and results.png.
 set -euo pipefail
@@ -41,25 +42,32 @@ redis_start
 publisher="$src/publisher/aggr-publisher"
 sql() { psql -X -q -At -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -d postgres "$@"; }
 
-# The batches as pgbench reads them: table bench_batches(id, body), events
-# shuffled, 35 % re-sends of earlier keys.  The body is JSON text, as a
-# publisher sends it: the ceiling and every aggr path parse it once.
+# The batches as pgbench reads them: table bench_batches(id, body), made of
+# the very events aggr-publisher sends (its default seed: 35 % re-sends, the
+# same keys, payloads and order), 500 per batch as a JSON array in text, as a
+# publisher sends it.  So the ceiling inserts the same batches the consumers
+# drain and the sidecar receives; the ceiling and every aggr path parse them
+# once.  The publisher's list in Redis (bench:events) is also the drain's
+# pre-filled queue.
 make_batches() {
-    local n=$1 unique=$(( $1 - ($1 * 35 + 50) / 100 ))
-    sql -v n="$n" -v unique="$unique" <<'SQL'
-DROP TABLE IF EXISTS bench_batches;
+    local n=$1 i
+    redis-cli -p "$AGGR_REDIS_PORT" DEL bench:events >/dev/null
+    "$publisher" --via "redis://127.0.0.1:$AGGR_REDIS_PORT" --queue-key bench:events \
+        --events "$n" --quiet >/dev/null
+    sql -c "DROP TABLE IF EXISTS bench_lines, bench_batches; CREATE TABLE bench_lines (n bigserial, line text)"
+    for (( i = 0; i < n; i += 100000 )); do
+        redis-cli -p "$AGGR_REDIS_PORT" --raw LRANGE bench:events "$i" $(( i + 99999 ))
+    done | sql -c "COPY bench_lines (line) FROM STDIN (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+    sql <<'SQL'
 CREATE TABLE bench_batches AS
-  SELECT (n - 1) / 500 + 1 AS id,
-         (jsonb_agg(jsonb_build_object('topic', 'topic_' || (k % 10), 'event_id', 'evt-' || k,
-             'timestamp', '2025-10-24T00:00:00Z', 'source', 'bench',
-             'payload', jsonb_build_object('seq', k, 'msg', 'hello world')) ORDER BY n))::text AS body
-  FROM (SELECT row_number() OVER (ORDER BY md5(g::text)) AS n,
-               CASE WHEN g <= :unique THEN g ELSE 1 + (g * 7919) % :unique END AS k
-        FROM generate_series(1::bigint, :n) g) e
-  GROUP BY (n - 1) / 500;
+  SELECT (n - 1) / 500 + 1 AS id, '[' || string_agg(line, ',' ORDER BY n) || ']' AS body
+  FROM bench_lines GROUP BY (n - 1) / 500;
 CREATE UNIQUE INDEX ON bench_batches (id);
+DROP TABLE bench_lines;
 VACUUM ANALYZE bench_batches;
 SQL
+    [ "$(sql -c "SELECT sum(json_array_length(body::json)) FROM bench_batches")" = "$n" ] ||
+        { echo "bench: the batches do not hold $n events" >&2; exit 1; }
 }
 
 # events/s of one pgbench run of a workload file over every batch
@@ -130,7 +138,6 @@ worker_private_kb() {
     done
     echo "$total"
 }
-worker_peak=0
 wait_drained() {
     local kb
     until queue_empty; do
@@ -139,29 +146,50 @@ wait_drained() {
         sleep 0.05
     done
 }
-for n in $sizes; do
-    raw_var="raw_$n"; raw=${!raw_var}
+# one drain of a pre-filled queue of n events: appends its events/s to
+# drains (not in a subshell: wait_drained raises worker_peak)
+drain_run() {
+    local n=$1 t0 t1
     sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
     redis-cli -p "$AGGR_REDIS_PORT" DEL bench:staging >/dev/null
     "$publisher" --via "redis://127.0.0.1:$AGGR_REDIS_PORT" --queue-key bench:staging \
         --events "$n" --quiet >/dev/null
     t0=$(date +%s.%N)
     redis-cli -p "$AGGR_REDIS_PORT" RENAME bench:staging aggregator:events >/dev/null
-    worker_peak=0
     wait_drained
     t1=$(date +%s.%N)
-    record drain "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" "" "" "$worker_peak"
+    drains+=("$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')")
+}
 
-    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
+# one publish of n events through the sidecar until drained: appends
+# "events/s p50 p99 sidecar-peak-rss-kb" to publishes
+publish_run() {
+    local n=$1 t0 t1 summary
+    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null
     sidecar_start --threads 2
     t0=$(date +%s.%N)
     summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
     wait_drained
     t1=$(date +%s.%N)
-    record publish "$n" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')" \
-        "$(json_field latency_ms.p50 <<< "$summary")" "$(json_field latency_ms.p99 <<< "$summary")" \
-        "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
+    publishes+=("$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }') \
+$(json_field latency_ms.p50 <<< "$summary") $(json_field latency_ms.p99 <<< "$summary") \
+$(peak_rss_kb "$AGGR_SIDECAR_PID")")
     sidecar_stop
+}
+
+# Three runs of each, alternating, as the SQL runs; the median run is kept
+# (the peak RSS is the largest of the three).
+for n in $sizes; do
+    raw_var="raw_$n"; raw=${!raw_var}
+    drains=() publishes=() worker_peak=0
+    for rep in 1 2 3; do
+        drain_run "$n"
+        publish_run "$n"
+    done
+    record drain "$n" "$(printf '%s\n' "${drains[@]}" | median)" "" "" "$worker_peak"
+    read -r rate p50 p99 _ <<< "$(printf '%s\n' "${publishes[@]}" | sort -n | sed -n 2p)"
+    rss=$(printf '%s\n' "${publishes[@]}" | awk '$4 > m { m = $4 } END { print m }')
+    record publish "$n" "$rate" "$p50" "$p99" "$rss"
 done
 
 if [ "${BENCH_LARGE:-0}" = 1 ]; then

@@ -65,7 +65,9 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
  * deleting the list and the token, if the token is still that one.  Elements
  * are moved only into a list that has no token yet: a list with a token may
  * already be committed and must be replayed exactly as it is.  Returns
- * {token, elements, acknowledged}.
+ * {token, elements, acknowledged, fresh}; fresh = 1 when the token was set
+ * just now, so the batch cannot have been committed before.  The elements
+ * moved into an empty list are returned as they are, not read back.
  */
 static const char *const take_script =
 "local acked = 0 "
@@ -73,8 +75,10 @@ static const char *const take_script =
 "  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
 "end "
 "local tok = redis.call('GET', KEYS[3]) "
+"local list "
 "if not tok and ARGV[3] == '1' then "
-"  local want = tonumber(ARGV[2]) - redis.call('LLEN', KEYS[2]) "
+"  local have = redis.call('LLEN', KEYS[2]) "
+"  local want = tonumber(ARGV[2]) - have "
 "  if want > 0 then "
 "    local items = redis.call('LRANGE', KEYS[1], 0, want - 1) "
 "    if #items > 0 then "
@@ -82,17 +86,20 @@ static const char *const take_script =
 "      for i = 1, #items, 1000 do "
 "        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) "
 "      end "
+"      if have == 0 then list = items end "
 "    end "
 "  end "
 "end "
-"local list = redis.call('LRANGE', KEYS[2], 0, -1) "
-"if #list > 0 and not tok then tok = ARGV[1] redis.call('SET', KEYS[3], tok) end "
-"return {tok or '', list, acked}";
+"list = list or redis.call('LRANGE', KEYS[2], 0, -1) "
+"local fresh = 0 "
+"if #list > 0 and not tok then tok = ARGV[1] redis.call('SET', KEYS[3], tok) fresh = 1 end "
+"return {tok or '', list, acked, fresh}";
 
 /* One taken batch, copied out of hiredis memory. */
 typedef struct TakenBatch
 {
 	bool		acknowledged;	/* the batch named by the ack token was */
+	bool		fresh;			/* the token is new: never committed */
 	char	   *token;
 	int			nelements;
 	char	  **elements;
@@ -218,7 +225,7 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 	argv[8] = move ? "1" : "0";
 	argv[9] = ack_token ? ack_token : "";
 	reply = redisCommandArgv(redis, 10, argv, NULL);
-	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
 		reply->element[1]->type != REDIS_REPLY_ARRAY)
 	{
 		char	   *why = pstrdup(reply == NULL ? redis->errstr :
@@ -232,6 +239,7 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 
 	/* copy out of hiredis memory before anything can raise */
 	batch->acknowledged = (reply->element[2]->integer == 1);
+	batch->fresh = (reply->element[3]->integer == 1);
 	batch->token = pstrdup(reply->element[0]->str);
 	batch->nelements = reply->element[1]->elements;
 	batch->elements = palloc(sizeof(char *) * Max(batch->nelements, 1));
@@ -502,7 +510,7 @@ ProcessBatch(int slot, TakenBatch *taken)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "aggr consumer: ingesting a batch");
 
-	already = TokenCommitted(slot, taken->token);
+	already = !taken->fresh && TokenCommitted(slot, taken->token);
 	if (!already)
 	{
 		ConvertElements(taken, &batch, &rejects);
