@@ -59,41 +59,61 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 #define AGGR_MAX_BACKOFF_MS 5000
 
 /*
- * The take script.  KEYS: queue, processing list, token key.  ARGV: a fresh
- * token, the batch size, whether to move elements from the queue, and the
- * token of the batch to acknowledge first ('' for none).  Acknowledging means
- * deleting the list and the token, if the token is still that one.  Elements
- * are moved only into a list that has no token yet: a list with a token may
- * already be committed and must be replayed exactly as it is.  Returns
- * {token, elements, acknowledged, fresh}; fresh = 1 when the token was set
- * just now, so the batch cannot have been committed before.  The elements
- * moved into an empty list are returned as they are, not read back.
+ * The take script.  KEYS: queue, processing list, token key, the queue's
+ * extra-events counter.  ARGV: a fresh token, the batch size in events,
+ * whether to move elements from the queue, and the token of the batch to
+ * acknowledge first ('' for none).  Acknowledging means deleting the list and
+ * the token, if the token is still that one.  Elements are moved only into a
+ * list that has no token yet: a list with a token may already be committed
+ * and must be replayed exactly as it is.  A batch is a run of plain events
+ * (one LRANGE), or of whole envelopes (at least one; each read alone, as they
+ * are large).  The envelopes' extra events leave the counter when their list
+ * gets its token, which happens once per element (BLMOVE brings elements
+ * without one).  Returns {token, elements, acknowledged, fresh}; fresh = 1
+ * when the token was set just now, so the batch cannot have been committed.
  */
 static const char *const take_script =
+AGGR_LUA_EVENT_COUNT
 "local acked = 0 "
 "if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then "
 "  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
 "end "
 "local tok = redis.call('GET', KEYS[3]) "
-"local list "
-"if not tok and ARGV[3] == '1' then "
-"  local have = redis.call('LLEN', KEYS[2]) "
-"  local want = tonumber(ARGV[2]) - have "
-"  if want > 0 then "
-"    local items = redis.call('LRANGE', KEYS[1], 0, want - 1) "
-"    if #items > 0 then "
-"      redis.call('LTRIM', KEYS[1], #items, -1) "
-"      for i = 1, #items, 1000 do "
-"        redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) "
-"      end "
-"      if have == 0 then list = items end "
-"    end "
+"local list = redis.call('LRANGE', KEYS[2], 0, -1) "
+"if tok then return {tok, list, acked, 0} end "
+"local events, extra = 0, 0 "
+"for _, e in ipairs(list) do local n = event_count(e) events = events + n extra = extra + n - 1 end "
+"local want = tonumber(ARGV[2]) "
+"local moved = {} "
+"local head = ARGV[3] == '1' and events < want and redis.call('LINDEX', KEYS[1], 0) "
+"if head and event_count(head) == 1 then "
+"  for _, e in ipairs(redis.call('LRANGE', KEYS[1], 0, want - events - 1)) do "
+"    if event_count(e) > 1 then break end "
+"    moved[#moved + 1] = e "
+"  end "
+"elseif head then "
+"  local e = head "
+"  while e do "
+"    local n = event_count(e) "
+"    if n == 1 or (events > 0 and events + n > want) then break end "
+"    moved[#moved + 1] = e events = events + n extra = extra + n - 1 "
+"    e = redis.call('LINDEX', KEYS[1], #moved) "
 "  end "
 "end "
-"list = list or redis.call('LRANGE', KEYS[2], 0, -1) "
-"local fresh = 0 "
-"if #list > 0 and not tok then tok = ARGV[1] redis.call('SET', KEYS[3], tok) fresh = 1 end "
-"return {tok or '', list, acked, fresh}";
+"if #moved > 0 then "
+"  redis.call('LTRIM', KEYS[1], #moved, -1) "
+"  for i = 1, #moved, 1000 do "
+"    redis.call('RPUSH', KEYS[2], unpack(moved, i, math.min(i + 999, #moved))) "
+"  end "
+"  if #list == 0 then list = moved else for _, e in ipairs(moved) do list[#list + 1] = e end end "
+"end "
+"if #list == 0 then return {'', list, acked, 0} end "
+"if extra > 0 then "
+"  local left = (tonumber(redis.call('GET', KEYS[4])) or 0) - extra "
+"  if left > 0 then redis.call('SET', KEYS[4], left) else redis.call('DEL', KEYS[4]) end "
+"end "
+"redis.call('SET', KEYS[3], ARGV[1]) "
+"return {ARGV[1], list, acked, 1}";
 
 /* One taken batch, copied out of hiredis memory. */
 typedef struct TakenBatch
@@ -158,6 +178,17 @@ BrokerFailed(const char *what)
 	SetBrokerUp(false);
 }
 
+/* Applies a reload (SIGHUP) before the next batch, not after it. */
+static void
+ReloadIfPending(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
 /* Sleeps on the latch, doubling the backoff up to its cap. */
 static void
 Backoff(void)
@@ -205,7 +236,7 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 	char		token_buf[33];
 	uint8		random_bytes[16];
 	char		size_buf[16];
-	const char *argv[10];
+	const char *argv[11];
 	redisReply *reply;
 
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
@@ -216,15 +247,16 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 
 	argv[0] = "EVAL";
 	argv[1] = take_script;
-	argv[2] = "3";
+	argv[2] = "4";
 	argv[3] = aggr_queue_key;
 	argv[4] = KeyFor("processing", slot);
 	argv[5] = KeyFor("token", slot);
-	argv[6] = token_buf;
-	argv[7] = size_buf;
-	argv[8] = move ? "1" : "0";
-	argv[9] = ack_token ? ack_token : "";
-	reply = redisCommandArgv(redis, 10, argv, NULL);
+	argv[6] = AggrExtraEventsKey();
+	argv[7] = token_buf;
+	argv[8] = size_buf;
+	argv[9] = move ? "1" : "0";
+	argv[10] = ack_token ? ack_token : "";
+	reply = redisCommandArgv(redis, 11, argv, NULL);
 	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
 		reply->element[1]->type != REDIS_REPLY_ARRAY)
 	{
@@ -306,6 +338,7 @@ WaitForElement(void)
 		{
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
+			ReloadIfPending();
 		}
 		if (rc & WL_TIMEOUT)
 		{
@@ -332,23 +365,6 @@ WaitForElement(void)
 	}
 }
 
-/*
- * Turns one element into an event of the batch, or returns why it cannot be
- * one.  jsonb_in may raise; the caller handles that.
- */
-static const char *
-ConvertElement(const char *raw, int len, AggrBatch *batch)
-{
-	Jsonb	   *jb;
-
-	if ((int) strlen(raw) != len)
-		return "element contains a NUL byte";
-	if (!pg_verifymbstr(raw, len, true))
-		return "element is not valid in the database encoding";
-	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(raw)));
-	return AggrCheckEvent(&jb->root, batch);
-}
-
 typedef struct Rejects
 {
 	int			n;
@@ -368,6 +384,77 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 	rejects->n++;
 }
 
+/*
+ * How many events an element holds: an envelope's count (aggr.h; the Lua
+ * event_count agrees: 2 or more), else 1; -1 for an envelope declaring more
+ * than aggr.max_request_events, which is dead-lettered whole.
+ */
+static int
+ElementEventCount(const char *raw, int len)
+{
+	const int	prefix = strlen(AGGR_ENVELOPE_PREFIX);
+	int64		n = 0;
+	int			i;
+
+	if (len <= prefix || memcmp(raw, AGGR_ENVELOPE_PREFIX, prefix) != 0)
+		return 1;
+	for (i = prefix; i < len && raw[i] >= '0' && raw[i] <= '9'; i++)
+		if ((n = n * 10 + (raw[i] - '0')) > aggr_max_request_events)
+			return -1;
+	return (i > prefix && i < len && raw[i] == ',' && n >= 2) ? (int) n : 1;
+}
+
+/* Dead-letters one event of an envelope, as its own JSON text. */
+static void
+RejectEnvelopeEvent(Rejects *rejects, JsonbValue *event, int index, const char *reason)
+{
+	Jsonb	   *jb = JsonbValueToJsonb(event);
+	char	   *text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+
+	AddReject(rejects, text, strlen(text), psprintf("envelope event %d: %s", index, reason));
+}
+
+/*
+ * Turns one element into events of the batch; the bad events of an envelope
+ * are dead-lettered one by one.  Returns why the element as a whole cannot be
+ * used, or NULL.  jsonb_in may raise; the caller handles that.
+ */
+static const char *
+ConvertElement(const char *raw, int len, AggrBatch *batch, Rejects *rejects)
+{
+	int			nevents = ElementEventCount(raw, len);
+	Jsonb	   *jb;
+	JsonbValue *events;
+
+	if ((int) strlen(raw) != len)
+		return "element contains a NUL byte";
+	if (!pg_verifymbstr(raw, len, true))
+		return "element is not valid in the database encoding";
+	if (nevents < 0)
+		return psprintf("envelope declares more events than aggr.max_request_events (%d)",
+						aggr_max_request_events);
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(raw)));
+	if (nevents == 1)
+		return AggrCheckEvent(&jb->root, batch);
+
+	events = getKeyJsonValueFromContainer(&jb->root, "events", 6, NULL);
+	if (JsonContainerSize(&jb->root) != 2 || events == NULL || events->type != jbvBinary ||
+		!JsonContainerIsArray(events->val.binary.data) ||
+		JsonContainerSize(events->val.binary.data) != nevents)
+		return psprintf("envelope must be {\"aggr_events\": %d, \"events\": [%d events]}",
+						nevents, nevents);
+	for (int i = 0; i < nevents; i++)
+	{
+		JsonbValue *event = getIthJsonbValueFromContainer(events->val.binary.data, i);
+		const char *reason = (event->type == jbvBinary) ?
+			AggrCheckEvent(event->val.binary.data, batch) : "must be a JSON object";
+
+		if (reason != NULL)
+			RejectEnvelopeEvent(rejects, event, i, reason);
+	}
+	return NULL;
+}
+
 typedef struct ConvertCall
 {
 	TakenBatch *taken;
@@ -385,7 +472,8 @@ ConvertRange(void *arg)
 
 	for (int i = call->first; i < call->last; i++)
 	{
-		const char *reason = ConvertElement(taken->elements[i], taken->lengths[i], call->batch);
+		const char *reason = ConvertElement(taken->elements[i], taken->lengths[i],
+											call->batch, call->rejects);
 
 		if (reason != NULL)
 			AddReject(call->rejects, taken->elements[i], taken->lengths[i], reason);
@@ -395,30 +483,40 @@ ConvertRange(void *arg)
 /*
  * Converts every element.  The fast path runs them all in one subtransaction;
  * if anything raises (invalid JSON, say), it starts over with one
- * subtransaction per element so only the poison is dead-lettered.
+ * subtransaction per element so only the poison is dead-lettered.  The batch
+ * and the rejects are sized for every event the elements declare.
  */
 static void
 ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 {
 	ConvertCall call = {taken, batch, rejects, 0, taken->nelements};
 	ErrorData  *error;
+	int			capacity = 1;
 
-	rejects->raw = palloc(sizeof(Datum) * Max(taken->nelements, 1));
-	rejects->reason = palloc(sizeof(Datum) * Max(taken->nelements, 1));
-	AggrBatchInit(batch, Max(taken->nelements, 1), true);
+	for (int i = 0; i < taken->nelements; i++)
+		capacity += Max(ElementEventCount(taken->elements[i], taken->lengths[i]), 1);
+	rejects->raw = palloc(sizeof(Datum) * capacity);
+	rejects->reason = palloc(sizeof(Datum) * capacity);
+	AggrBatchInit(batch, capacity, true);
 	rejects->n = 0;
 	if ((error = AggrTrySubtransaction(ConvertRange, &call)) == NULL)
 		return;
 	FreeErrorData(error);
 
-	AggrBatchInit(batch, Max(taken->nelements, 1), true);
+	AggrBatchInit(batch, capacity, true);
 	rejects->n = 0;
 	for (int i = 0; i < taken->nelements; i++)
 	{
+		int			nevents = batch->nevents;
+		int			nrejects = rejects->n;
+
 		call.first = i;
 		call.last = i + 1;
 		if ((error = AggrTrySubtransaction(ConvertRange, &call)) != NULL)
 		{
+			/* nothing of the failed element stays */
+			batch->nevents = nevents;
+			rejects->n = nrejects;
 			AddReject(rejects, taken->elements[i], taken->lengths[i], error->message);
 			FreeErrorData(error);
 		}
@@ -446,11 +544,11 @@ TokenCommitted(int slot, const char *token)
 }
 
 static void
-RecordBatch(int slot, const char *token, int nelements, const Rejects *rejects)
+RecordBatch(int slot, const char *token, int nevents, const Rejects *rejects)
 {
 	Oid			types[3] = {INT4OID, TEXTOID, INT8OID};
 	Datum		values[3] = {Int32GetDatum(slot), CStringGetTextDatum(token),
-	Int64GetDatum(nelements)};
+	Int64GetDatum(nevents)};
 
 	if (rejects->n > 0)
 	{
@@ -516,7 +614,7 @@ ProcessBatch(int slot, TakenBatch *taken)
 		ConvertElements(taken, &batch, &rejects);
 		if (batch.nevents > 0)
 			AggrIngestBatch(&batch, &result);
-		RecordBatch(slot, taken->token, taken->nelements, &rejects);
+		RecordBatch(slot, taken->token, batch.nevents + rejects.n, &rejects);
 	}
 	MaybeCrash(1);
 	SPI_finish();
@@ -535,7 +633,7 @@ ProcessBatch(int slot, TakenBatch *taken)
 
 		LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
 		w->batches++;
-		w->events += taken->nelements;
+		w->events += batch.nevents + rejects.n;
 		w->rejected += rejects.n;
 		w->last_commit = GetCurrentTimestamp();
 		LWLockRelease(aggr_shared->lock);
@@ -637,11 +735,7 @@ AggrConsumerMain(Datum main_arg)
 		volatile bool failed = false;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		ReloadIfPending();
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 

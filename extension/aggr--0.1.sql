@@ -76,6 +76,13 @@ CREATE FUNCTION aggr_publish(request jsonb) RETURNS jsonb
 COMMENT ON FUNCTION aggr_publish(jsonb) IS
     'aggr: validate events, then queue them on the broker at commit or, without a broker, store them';
 
+CREATE FUNCTION aggr_publish_text(request text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'aggr_publish_text'
+    LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION aggr_publish_text(text) IS
+    'aggr: aggr_publish of a request given as JSON text; with a broker the text is queued as it was sent';
+
 CREATE FUNCTION aggr.runtime_status() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'aggr_runtime_status'
     LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
@@ -178,5 +185,6 @@ COMMENT ON FUNCTION aggr_health() IS
  * fixed search_path), so a role granted EXECUTE may publish and read without
  * any privilege on the tables.  Nobody gets EXECUTE by default.
  */
-REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_publish(jsonb), aggr_events(text, integer, bigint),
+REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_publish(jsonb), aggr_publish_text(text),
+    aggr_events(text, integer, bigint),
     aggr_stats(), aggr_health(), aggr.runtime_status() FROM PUBLIC;

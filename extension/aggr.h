@@ -67,20 +67,38 @@ extern SPIPlanPtr AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs
 extern ErrorData *AggrTrySubtransaction(void (*fn) (void *arg), void *arg);
 extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
 
+/*
+ * Broker elements.  An element of the queue is one event (plain JSON, what
+ * other producers push) or an envelope, what aggr_publish pushes for a request
+ * of several events: {"aggr_events":N,"events":[...]}, starting with exactly
+ * these bytes so the Lua scripts and the consumers can tell its event count
+ * without parsing it.  The key <queue>:extra_events holds the sum of N - 1
+ * over the envelopes in the queue, so the queue's depth in events is its
+ * LLEN plus that.
+ */
+#define AGGR_ENVELOPE_PREFIX "{\"aggr_events\":"
+#define AGGR_EXTRA_EVENTS_SUFFIX ":extra_events"
+/* Lua: the number of events in element e (1 for anything not an envelope) */
+#define AGGR_LUA_EVENT_COUNT \
+"local function event_count(e) " \
+"  return tonumber(string.match(e, '^" AGGR_ENVELOPE_PREFIX "(%d+),')) or 1 " \
+"end "
+
 /* broker.c */
 struct redisContext;
 extern struct redisContext *AggrRedisConnect(char **error);
 extern void AggrBrokerInit(void);
-extern void AggrEnqueueBatch(Jsonb *request, int nevents);
+extern void AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len);
 extern bool AggrBrokerConfigured(void);
 extern int64 AggrQueueDepth(char **error);
+extern char *AggrExtraEventsKey(void);
 
 /* shared state of the consumers (bgworker/consumer.c) */
 typedef struct AggrWorkerSlot
 {
 	pid_t		pid;			/* 0 when not running */
 	int64		batches;		/* committed batches since start of the slot */
-	int64		events;			/* committed elements since start of the slot */
+	int64		events;			/* events stored or dead-lettered since start of the slot */
 	int64		rejected;		/* elements sent to aggr.rejected */
 	TimestampTz last_commit;
 	TimestampTz started_at;

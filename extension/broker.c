@@ -9,9 +9,11 @@
  * a push that fails (queue full, broker down) aborts the transaction, so the
  * caller never sees success for events that are not in Redis.  The push is one
  * Lua script: the bound check and the RPUSH are atomic, and either every event
- * of the transaction is queued or none is.  Each event is its own list element,
- * plain event JSON, exactly what other producers (Filebeat, Vector, Logstash)
- * push; the consumers need nothing more to count exactly (see consumer.c).
+ * of the transaction is queued or none is.  A request of one event is pushed
+ * as plain event JSON, exactly what other producers (Filebeat, Vector,
+ * Logstash) push; a request of several events as one envelope (aggr.h), so
+ * Redis and the consumers handle one element per request instead of one per
+ * event.  The consumers need nothing more to count exactly (see consumer.c).
  */
 #include "postgres.h"
 
@@ -26,32 +28,47 @@
 /* Backend-local connection for publishing and stats; reopened after errors. */
 static redisContext *publish_conn = NULL;
 
+/* One aggr_publish call's events, as one element, kept until PRE_COMMIT. */
 typedef struct PendingEvents
 {
 	int			nest_level;		/* subtransaction that published them */
 	int			nevents;
-	char	  **events;			/* JSON text of each event */
-	size_t	   *lengths;
+	char	   *element;		/* an event's JSON, or an envelope */
+	size_t		length;
 	struct PendingEvents *next;
 } PendingEvents;
 
 static PendingEvents *pending = NULL;	/* in TopTransactionContext */
-static int	pending_count = 0;
+static int	pending_count = 0;		/* events */
+static int	pending_elements = 0;
 
 /*
- * The bounded push.  KEYS[1] queue; ARGV[1] bound (0 = none); ARGV[2..] the
- * events.  Returns the new length, or -(current length) - 1 when full.
+ * The bounded push.  KEYS: queue, its extra-events counter.  ARGV[1] bound
+ * (0 = none), ARGV[2] the events the elements hold, ARGV[3..] the elements.
+ * Returns the new depth in events, or -(current depth) - 1 when full.
  * unpack() is chunked because Lua's C stack holds about 8000 values.
  */
 static const char *const push_script =
-"local n = #ARGV - 1 "
-"local len = redis.call('LLEN', KEYS[1]) "
+"local events = tonumber(ARGV[2]) "
+"local depth = redis.call('LLEN', KEYS[1]) + (tonumber(redis.call('GET', KEYS[2])) or 0) "
 "local bound = tonumber(ARGV[1]) "
-"if bound > 0 and len + n > bound then return -len - 1 end "
-"for i = 2, #ARGV, 1000 do "
+"if bound > 0 and depth + events > bound then return -depth - 1 end "
+"for i = 3, #ARGV, 1000 do "
 "  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) "
 "end "
-"return len + n";
+"if events > #ARGV - 2 then redis.call('INCRBY', KEYS[2], events - (#ARGV - 2)) end "
+"return depth + events";
+
+/* The queue's depth in events: its elements plus the envelopes' extra events. */
+static const char *const depth_script =
+"return redis.call('LLEN', KEYS[1]) + (tonumber(redis.call('GET', KEYS[2])) or 0)";
+
+/* <queue>:extra_events, in the current memory context */
+char *
+AggrExtraEventsKey(void)
+{
+	return psprintf("%s" AGGR_EXTRA_EVENTS_SUFFIX, aggr_queue_key);
+}
 
 /*
  * Connects to aggr.broker_url with bounded connect and command timeouts.
@@ -189,12 +206,15 @@ PublishCommand(char **error, int argc, const char **argv, const size_t *argvlen)
 	return reply;
 }
 
-/* Length of the queue, or -1 with a message when the broker is unreachable. */
+/*
+ * Depth of the queue in events, or -1 with a message when the broker is
+ * unreachable.
+ */
 int64
 AggrQueueDepth(char **error)
 {
-	const char *argv[2] = {"LLEN", aggr_queue_key};
-	redisReply *reply = PublishCommand(error, 2, argv, NULL);
+	const char *argv[5] = {"EVAL", depth_script, "2", aggr_queue_key, AggrExtraEventsKey()};
+	redisReply *reply = PublishCommand(error, 5, argv, NULL);
 	int64		depth = -1;
 
 	if (reply == NULL)
@@ -202,49 +222,60 @@ AggrQueueDepth(char **error)
 	if (reply->type == REDIS_REPLY_INTEGER)
 		depth = reply->integer;
 	else
-		*error = psprintf("unexpected reply to LLEN: %s",
+		*error = psprintf("unexpected reply to the depth script: %s",
 						  reply->type == REDIS_REPLY_ERROR ? reply->str : "not an integer");
 	freeReplyObject(reply);
 	return depth;
 }
 
 /*
- * Queues a validated request: its events are kept until PRE_COMMIT.
- * The events are copied as JSON text, one per element.
+ * Queues a validated request: its events are kept until PRE_COMMIT, as one
+ * element: plain JSON for one event, else an envelope.  json, when not NULL,
+ * is the request as it was sent: it is queued as it is, which saves printing
+ * the parsed request again (an object whose text could pass for an envelope
+ * is printed, so it cannot).
  */
 void
-AggrEnqueueBatch(Jsonb *request, int nevents)
+AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 	PendingEvents *chunk = palloc(sizeof(PendingEvents));
+	JsonbContainer *events = &request->root;
+	int			size = VARSIZE(request);
+	bool		verbatim = (json != NULL);
+	StringInfoData element;
+
+	if (JB_ROOT_IS_ARRAY(request) && nevents == 1)
+	{
+		JsonbValue *only = getIthJsonbValueFromContainer(&request->root, 0);
+
+		events = only->val.binary.data;
+		size = only->val.binary.len;
+		verbatim = false;
+	}
+	else if (nevents == 1 && verbatim)
+		verbatim = strncmp(json, AGGR_ENVELOPE_PREFIX, strlen(AGGR_ENVELOPE_PREFIX)) != 0;
+
+	/* the binary size is a good first guess of the text's */
+	initStringInfo(&element);
+	enlargeStringInfo(&element, (verbatim ? len : size) + 64);
+	if (nevents > 1)
+		appendStringInfo(&element, AGGR_ENVELOPE_PREFIX "%d,\"events\":", nevents);
+	if (verbatim)
+		appendBinaryStringInfo(&element, json, len);
+	else
+		JsonbToCString(&element, events, size);
+	if (nevents > 1)
+		appendStringInfoChar(&element, '}');
 
 	chunk->nest_level = GetCurrentTransactionNestLevel();
 	chunk->nevents = nevents;
-	chunk->events = palloc(sizeof(char *) * nevents);
-	chunk->lengths = palloc(sizeof(size_t) * nevents);
-	for (int i = 0; i < nevents; i++)
-	{
-		JsonbContainer *event = &request->root;
-		int			size = VARSIZE(request);
-		StringInfoData text;
-
-		if (JB_ROOT_IS_ARRAY(request))
-		{
-			JsonbValue *element = getIthJsonbValueFromContainer(&request->root, i);
-
-			event = element->val.binary.data;
-			size = element->val.binary.len;
-		}
-		/* the binary size is a good first guess of the text's */
-		initStringInfo(&text);
-		enlargeStringInfo(&text, size);
-		JsonbToCString(&text, event, size);
-		chunk->events[i] = text.data;
-		chunk->lengths[i] = text.len;
-	}
+	chunk->element = element.data;
+	chunk->length = element.len;
 	chunk->next = pending;
 	pending = chunk;
 	pending_count += nevents;
+	pending_elements++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -252,10 +283,11 @@ AggrEnqueueBatch(Jsonb *request, int nevents)
 static void
 PushPending(void)
 {
-	int			argc = 5 + pending_count;
+	int			argc = 7 + pending_elements;
 	const char **argv = palloc(sizeof(char *) * argc);
 	size_t	   *argvlen = palloc(sizeof(size_t) * argc);
 	char		bound[16];
+	char		events[16];
 	char	   *error = NULL;
 	redisReply *reply;
 	int			i = argc;
@@ -263,25 +295,25 @@ PushPending(void)
 	bool		ok = false;
 
 	snprintf(bound, sizeof(bound), "%d", aggr_queue_maxsize);
+	snprintf(events, sizeof(events), "%d", pending_count);
 	argv[0] = "EVAL";
 	argv[1] = push_script;
-	argv[2] = "1";
+	argv[2] = "2";
 	argv[3] = aggr_queue_key;
-	argv[4] = bound;
-	for (int k = 0; k < 5; k++)
+	argv[4] = AggrExtraEventsKey();
+	argv[5] = bound;
+	argv[6] = events;
+	for (int k = 0; k < 7; k++)
 		argvlen[k] = strlen(argv[k]);
 
-	/* the list holds the newest chunk first; events keep publishing order */
+	/* the list holds the newest chunk first; elements keep publishing order */
 	for (PendingEvents *chunk = pending; chunk != NULL; chunk = chunk->next)
 	{
-		i -= chunk->nevents;
-		for (int k = 0; k < chunk->nevents; k++)
-		{
-			argv[i + k] = chunk->events[k];
-			argvlen[i + k] = chunk->lengths[k];
-		}
+		i--;
+		argv[i] = chunk->element;
+		argvlen[i] = chunk->length;
 	}
-	Assert(i == 5);
+	Assert(i == 7);
 
 	reply = PublishCommand(&error, argc, argv, argvlen);
 	if (reply != NULL)
@@ -321,6 +353,7 @@ BrokerXactCallback(XactEvent event, void *arg)
 				PushPending();
 			pending = NULL;
 			pending_count = 0;
+			pending_elements = 0;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending != NULL)
@@ -336,6 +369,7 @@ BrokerXactCallback(XactEvent event, void *arg)
 			/* the memory went with TopTransactionContext */
 			pending = NULL;
 			pending_count = 0;
+			pending_elements = 0;
 			break;
 		default:
 			break;
@@ -354,6 +388,7 @@ BrokerSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 		while (pending != NULL && pending->nest_level >= level)
 		{
 			pending_count -= pending->nevents;
+			pending_elements--;
 			pending = pending->next;
 		}
 	}

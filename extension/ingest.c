@@ -33,6 +33,7 @@
 
 PG_FUNCTION_INFO_V1(aggr_ingest);
 PG_FUNCTION_INFO_V1(aggr_publish);
+PG_FUNCTION_INFO_V1(aggr_publish_text);
 
 /* How often a batch is tried when it loses a deadlock. */
 #define AGGR_INGEST_ATTEMPTS 5
@@ -244,22 +245,44 @@ aggr_ingest(PG_FUNCTION_ARGS)
 }
 
 /*
- * aggr_publish(jsonb) -> jsonb: validate, then either queue the events on the
- * broker (aggr.broker_url set) or ingest them directly.
+ * The publish path: validate, then either queue the events on the broker
+ * (aggr.broker_url set) or ingest them directly.  json is the request's
+ * text as sent, when the caller has it (queued as it is), or NULL.
  */
-Datum
-aggr_publish(PG_FUNCTION_ARGS)
+static Jsonb *
+Publish(Jsonb *request, const char *json, int len)
 {
-	Jsonb	   *request = PG_GETARG_JSONB_P(0);
 	AggrBatch	batch;
 	AggrIngestResult result = {0};
 
 	AggrValidateRequest(request, &batch, !AggrBrokerConfigured());
 	if (AggrBrokerConfigured())
 	{
-		AggrEnqueueBatch(request, batch.nevents);
-		PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, batch.nevents, true));
+		AggrEnqueueBatch(request, batch.nevents, json, len);
+		return AggrIngestResultJsonb(&result, batch.nevents, true);
 	}
 	AggrIngestBatch(&batch, &result);
-	PG_RETURN_JSONB_P(AggrIngestResultJsonb(&result, batch.nevents, false));
+	return AggrIngestResultJsonb(&result, batch.nevents, false);
+}
+
+/* aggr_publish(jsonb) -> jsonb */
+Datum
+aggr_publish(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_JSONB_P(Publish(PG_GETARG_JSONB_P(0), NULL, 0));
+}
+
+/*
+ * aggr_publish_text(text) -> jsonb: aggr_publish of JSON text, parsed here
+ * (same errors as a jsonb cast).  What the sidecar calls: in broker mode the
+ * request's text is queued as it came, instead of being printed again from
+ * the parsed form.
+ */
+Datum
+aggr_publish_text(PG_FUNCTION_ARGS)
+{
+	char	   *json = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *request = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+
+	PG_RETURN_JSONB_P(Publish(request, json, strlen(json)));
 }

@@ -59,7 +59,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 	[AGGR_STMT_PUBLISH] = {
 		"aggr_publish",
 		"SELECT r::text, r ? 'unique', r->>'accepted' "
-		"FROM aggr_publish($1::jsonb) AS r",
+		"FROM aggr_publish_text($1) AS r",
 		1, {TEXTOID}
 	},
 	[AGGR_STMT_EVENTS] = {

@@ -23,6 +23,17 @@ SELECT * FROM invariants();
 SELECT aggr_publish('[{"topic": "orders", "event_id": "3", "timestamp": 0, "source": "a"},
                       {"topic": "orders", "event_id": "4", "timestamp": 0, "source": "a"}]');
 
+-- aggr_publish_text: the same for JSON text, with the errors of a jsonb cast
+SELECT aggr_publish_text('[{"topic": "orders", "event_id": "4", "timestamp": 0, "source": "a"},
+                           {"topic": "orders", "event_id": "5", "timestamp": 0, "source": "a"}]');
+\set VERBOSITY sqlstate
+SELECT aggr_publish_text('[{"topic": "orders", "event_id": "6"');
+SELECT aggr_publish_text('[{"topic": "orders", "event_id": "6", "timestamp": 0, "source": ""}]');
+SELECT aggr_publish_text('42');
+\set VERBOSITY default
+SELECT aggr_publish_text('{"topic": "orders", "event_id": "6", "timestamp": 0}');
+SELECT count(*) FROM aggr.events WHERE event_id IN ('5', '6');
+
 -- a rollback takes the events and the counts back
 SELECT aggr_stats() -> 'received' AS received_before;
 BEGIN;

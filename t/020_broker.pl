@@ -98,7 +98,8 @@ for my $point (qw(before_commit after_commit after_ack))
 {
     my $log_offset = -s $node->logfile;
     $node->safe_psql('postgres', "ALTER SYSTEM SET aggr.test_crash_point = '$point'; SELECT pg_reload_conf()");
-    scenario("crash-$point", 1000, undef, after => sub {
+    # small requests: several batches, so one is sure to meet the crash point
+    scenario("crash-$point", 1000, undef, batch => 100, after => sub {
         ok(wait_for(sub { slurp_file($node->logfile, $log_offset) =~ /exiting at test crash point/ }, 30),
             "crash-$point: a consumer died at the crash point");
         $node->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.test_crash_point; SELECT pg_reload_conf()');
@@ -144,13 +145,32 @@ redis_cmd($redis, 'RPUSH', 'aggregator:events',
     '{"topic": "plain", "event_id": "fb-1", "timestamp": "2025-10-24T00:00:00Z", "source": "filebeat", "host": "x"}');
 $total{received} += 1;
 $total{unique}   += 1;
+# envelopes (what aggr_publish pushes for several events) from another
+# producer: a bad event inside is dead-lettered alone, the others stored; an
+# envelope whose events do not match its count, or that declares more than
+# aggr.max_request_events, is dead-lettered whole
+my $ev = sub { qq({"topic": "env", "event_id": "$_[0]", "timestamp": 0, "source": "s"}) };
+redis_cmd($redis, 'RPUSH', 'aggregator:events',
+    '{"aggr_events":3,"events":[' . join(',', $ev->('e1'), '{"topic": "env"}', $ev->('e2')) . ']}',
+    '{"aggr_events":3,"events":[' . join(',', $ev->('short1'), $ev->('short2')) . ']}',
+    '{"aggr_events":99999999,"events":[]}');
+$total{received} += 2;
+$total{unique}   += 2;
 ok(wait_drained($node, $redis), 'poison: queue drained');
-wait_for(sub { stats($node)->{received} >= $total{received} && stats($node)->{rejected} >= 5 }, 30);
+wait_for(sub { stats($node)->{received} >= $total{received} && stats($node)->{rejected} >= 8 }, 30);
 $s = check_invariants($node, 'rollback and poison', %total);
 is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM aggr.events WHERE topic = 'rb'}),
     'kept', 'rollback: only the committed publish reached the table');
-is($s->{rejected}, 5, 'poison: five elements dead-lettered');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason <> ''}), 5, 'poison: each with a reason');
+is($s->{rejected}, 8, 'poison: five elements, one event of an envelope and two envelopes dead-lettered');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason <> ''}), 8, 'poison: each with a reason');
+is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM aggr.events WHERE topic = 'env'}),
+    'e1,e2', 'envelope: its good events are stored');
+like($node->safe_psql('postgres', q{SELECT reason || ' ' || convert_from(raw, 'UTF8') FROM aggr.rejected WHERE reason LIKE 'envelope event%'}),
+    qr/^envelope event 1: event_id is required \{"topic": "env"\}$/, 'envelope: the bad event is dead-lettered alone, as its own JSON');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason LIKE 'envelope must%' OR reason LIKE 'envelope declares%'}),
+    2, 'envelope: a wrong count or an oversized one is dead-lettered whole');
+is(redis_cmd($redis, 'EXISTS', 'aggregator:events:extra_events'), 0,
+    'envelope: the extra-events counter is back to nothing once the queue is empty');
 like($node->safe_psql('postgres', q{SELECT reason FROM aggr.rejected WHERE raw = '\xfffe'::bytea}),
     qr/not valid/, 'poison: invalid UTF-8 kept byte for byte with its reason');
 is($node->safe_psql('postgres', q{SELECT source FROM aggr.events WHERE event_id = 'fb-1'}), 'filebeat',
