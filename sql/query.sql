@@ -31,4 +31,10 @@ EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.topic = 'x' AND e.seq > 
 EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.seq > 5 ORDER BY e.seq LIMIT 10;
 RESET enable_seqscan;
 
+-- keys compare byte by byte, whatever the database's locale
+SELECT attrelid::regclass AS "table", attname, attcollation::regcollation AS collation
+FROM pg_attribute
+WHERE attrelid IN ('aggr.events'::regclass, 'aggr.counters'::regclass) AND attname IN ('topic', 'event_id')
+ORDER BY 1, 2;
+
 DROP EXTENSION aggr CASCADE;
