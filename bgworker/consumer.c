@@ -61,8 +61,9 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 /*
  * The take script.  KEYS: queue, processing list, token key, the queue's
  * extra-events counter.  ARGV: a fresh token, the batch size in events,
- * whether to move elements from the queue, and the token of the batch to
- * acknowledge first ('' for none).  Acknowledging means deleting the list and
+ * whether to move elements from the queue, the token of the batch to
+ * acknowledge first ('' for none), and the largest envelope (an element
+ * declaring more, or fewer than 2, counts as 1, as ElementEventCount says).  Acknowledging means deleting the list and
  * the token, if the token is still that one.  Elements are moved only into a
  * list that has no token yet: a list with a token may already be committed
  * and must be replayed exactly as it is.  A batch is a run of plain events
@@ -73,7 +74,12 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
  * when the token was set just now, so the batch cannot have been committed.
  */
 static const char *const take_script =
-AGGR_LUA_EVENT_COUNT
+"local max = tonumber(ARGV[5]) "
+"local function event_count(e) "
+"  local n = tonumber(string.match(e, '^" AGGR_ENVELOPE_PREFIX "(%d+),')) "
+"  if n and n >= 2 and n <= max then return n end "
+"  return 1 "
+"end "
 "local acked = 0 "
 "if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then "
 "  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
@@ -236,7 +242,8 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 	char		token_buf[33];
 	uint8		random_bytes[16];
 	char		size_buf[16];
-	const char *argv[11];
+	const char *argv[12];
+	char		max_buf[16];
 	redisReply *reply;
 
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
@@ -244,6 +251,7 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 	hex_encode((char *) random_bytes, sizeof(random_bytes), token_buf);
 	token_buf[32] = '\0';
 	snprintf(size_buf, sizeof(size_buf), "%d", aggr_batch_size);
+	snprintf(max_buf, sizeof(max_buf), "%d", AGGR_MAX_REQUEST_EVENTS);
 
 	argv[0] = "EVAL";
 	argv[1] = take_script;
@@ -256,7 +264,8 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 	argv[8] = size_buf;
 	argv[9] = move ? "1" : "0";
 	argv[10] = ack_token ? ack_token : "";
-	reply = redisCommandArgv(redis, 11, argv, NULL);
+	argv[11] = max_buf;
+	reply = redisCommandArgv(redis, 12, argv, NULL);
 	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
 		reply->element[1]->type != REDIS_REPLY_ARRAY)
 	{
@@ -385,9 +394,10 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 }
 
 /*
- * How many events an element holds: an envelope's count (aggr.h; the Lua
- * event_count agrees: 2 or more), else 1; -1 for an envelope declaring more
- * than aggr.max_request_events, which is dead-lettered whole.
+ * How many events an element holds: an envelope's count (aggr.h), else 1;
+ * -1 for an envelope declaring more than AGGR_MAX_REQUEST_EVENTS, which is
+ * dead-lettered whole.  The take script's event_count agrees, except that it
+ * counts that one as 1.
  */
 static int
 ElementEventCount(const char *raw, int len)
@@ -399,9 +409,11 @@ ElementEventCount(const char *raw, int len)
 	if (len <= prefix || memcmp(raw, AGGR_ENVELOPE_PREFIX, prefix) != 0)
 		return 1;
 	for (i = prefix; i < len && raw[i] >= '0' && raw[i] <= '9'; i++)
-		if ((n = n * 10 + (raw[i] - '0')) > aggr_max_request_events)
-			return -1;
-	return (i > prefix && i < len && raw[i] == ',' && n >= 2) ? (int) n : 1;
+		if ((n = n * 10 + (raw[i] - '0')) > AGGR_MAX_REQUEST_EVENTS)
+			break;
+	if (i == prefix || i >= len || (raw[i] != ',' && n <= AGGR_MAX_REQUEST_EVENTS) || n < 2)
+		return 1;
+	return n > AGGR_MAX_REQUEST_EVENTS ? -1 : (int) n;
 }
 
 /* Dead-letters one event of an envelope, as its own JSON text. */
@@ -431,8 +443,7 @@ ConvertElement(const char *raw, int len, AggrBatch *batch, Rejects *rejects)
 	if (!pg_verifymbstr(raw, len, true))
 		return "element is not valid in the database encoding";
 	if (nevents < 0)
-		return psprintf("envelope declares more events than aggr.max_request_events (%d)",
-						aggr_max_request_events);
+		return psprintf("envelope declares more than %d events", AGGR_MAX_REQUEST_EVENTS);
 	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(raw)));
 	if (nevents == 1)
 		return AggrCheckEvent(&jb->root, batch);

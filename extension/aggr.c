@@ -52,7 +52,7 @@ DefineSettings(void)
 {
 	DefineCustomIntVariable("aggr.max_request_events",
 							"Largest number of events one aggr_publish or aggr_ingest call accepts.",
-							NULL, &aggr_max_request_events, 10000, 1, 1000000,
+							NULL, &aggr_max_request_events, 10000, 1, AGGR_MAX_REQUEST_EVENTS,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("aggr.broker_url",
 							   "Redis URL of the queue (redis://[:password@]host:port/db); empty means direct ingest.",

@@ -18,6 +18,12 @@
 /* Counter rows are spread over this many shards so writers rarely share one. */
 #define AGGR_COUNTER_SHARDS 16
 
+/*
+ * Upper bound of aggr.max_request_events, and the largest envelope a consumer
+ * accepts: whatever a session was allowed to publish gets ingested.
+ */
+#define AGGR_MAX_REQUEST_EVENTS 1000000
+
 /* Upper bound of aggr.worker_count; shared memory is sized for it. */
 #define AGGR_MAX_WORKERS 64
 
@@ -78,11 +84,6 @@ extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
  */
 #define AGGR_ENVELOPE_PREFIX "{\"aggr_events\":"
 #define AGGR_EXTRA_EVENTS_SUFFIX ":extra_events"
-/* Lua: the number of events in element e (1 for anything not an envelope) */
-#define AGGR_LUA_EVENT_COUNT \
-"local function event_count(e) " \
-"  return tonumber(string.match(e, '^" AGGR_ENVELOPE_PREFIX "(%d+),')) or 1 " \
-"end "
 
 /* broker.c */
 struct redisContext;
