@@ -63,6 +63,7 @@ typedef struct AggrIngestResult
 
 /* validate.c */
 extern void AggrBatchInit(AggrBatch *batch, int capacity, bool store);
+extern void AggrBatchReserve(AggrBatch *batch, int more);
 extern const char *AggrCheckEvent(JsonbContainer *event, AggrBatch *batch);
 extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch, bool store);
 
@@ -77,13 +78,14 @@ extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
  * Broker elements.  An element of the queue is one event (plain JSON, what
  * other producers push) or an envelope, what aggr_publish pushes for a request
  * of several events: {"aggr_events":N,"events":[...]}, starting with exactly
- * these bytes so the Lua scripts and the consumers can tell its event count
- * without parsing it.  The key <queue>:extra_events holds the sum of N - 1
- * over the envelopes in the queue, so the queue's depth in events is its
- * LLEN plus that.
+ * these bytes so the Lua scripts and the consumers can tell its event count.
+ * The hash <queue>:envelopes counts aggr's envelopes in the queue (count) and
+ * the events they hold beyond one each (extra_events): the queue's depth in
+ * events is its LLEN plus extra_events, and while count is 0 a consumer
+ * takes a run of plain events without reading them in Lua.
  */
 #define AGGR_ENVELOPE_PREFIX "{\"aggr_events\":"
-#define AGGR_EXTRA_EVENTS_SUFFIX ":extra_events"
+#define AGGR_ENVELOPES_SUFFIX ":envelopes"
 
 /* broker.c */
 struct redisContext;
@@ -92,7 +94,7 @@ extern void AggrBrokerInit(void);
 extern void AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len);
 extern bool AggrBrokerConfigured(void);
 extern int64 AggrQueueDepth(char **error);
-extern char *AggrExtraEventsKey(void);
+extern char *AggrEnvelopesKey(void);
 
 /* shared state of the consumers (bgworker/consumer.c) */
 typedef struct AggrWorkerSlot

@@ -41,33 +41,40 @@ typedef struct PendingEvents
 static PendingEvents *pending = NULL;	/* in TopTransactionContext */
 static int	pending_count = 0;		/* events */
 static int	pending_elements = 0;
+static int	pending_envelopes = 0;	/* elements of more than one event */
 
 /*
- * The bounded push.  KEYS: queue, its extra-events counter.  ARGV[1] bound
- * (0 = none), ARGV[2] the events the elements hold, ARGV[3..] the elements.
- * Returns the new depth in events, or -(current depth) - 1 when full.
- * unpack() is chunked because Lua's C stack holds about 8000 values.
+ * The bounded push.  KEYS: queue, its envelopes hash (aggr.h).  ARGV[1] bound
+ * (0 = none), ARGV[2] the events the elements hold, ARGV[3] how many of the
+ * elements are envelopes, ARGV[4..] the elements.  Returns the new depth in
+ * events, or -(current depth) - 1 when full.  unpack() is chunked because
+ * Lua's C stack holds about 8000 values.
  */
 static const char *const push_script =
 "local events = tonumber(ARGV[2]) "
-"local depth = redis.call('LLEN', KEYS[1]) + (tonumber(redis.call('GET', KEYS[2])) or 0) "
+"local depth = redis.call('LLEN', KEYS[1]) + "
+"  (tonumber(redis.call('HGET', KEYS[2], 'extra_events')) or 0) "
 "local bound = tonumber(ARGV[1]) "
 "if bound > 0 and depth + events > bound then return -depth - 1 end "
-"for i = 3, #ARGV, 1000 do "
+"for i = 4, #ARGV, 1000 do "
 "  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) "
 "end "
-"if events > #ARGV - 2 then redis.call('INCRBY', KEYS[2], events - (#ARGV - 2)) end "
+"if tonumber(ARGV[3]) > 0 then "
+"  redis.call('HINCRBY', KEYS[2], 'count', ARGV[3]) "
+"  redis.call('HINCRBY', KEYS[2], 'extra_events', events - (#ARGV - 3)) "
+"end "
 "return depth + events";
 
 /* The queue's depth in events: its elements plus the envelopes' extra events. */
 static const char *const depth_script =
-"return redis.call('LLEN', KEYS[1]) + (tonumber(redis.call('GET', KEYS[2])) or 0)";
+"return redis.call('LLEN', KEYS[1]) + "
+"  (tonumber(redis.call('HGET', KEYS[2], 'extra_events')) or 0)";
 
-/* <queue>:extra_events, in the current memory context */
+/* <queue>:envelopes, in the current memory context */
 char *
-AggrExtraEventsKey(void)
+AggrEnvelopesKey(void)
 {
-	return psprintf("%s" AGGR_EXTRA_EVENTS_SUFFIX, aggr_queue_key);
+	return psprintf("%s" AGGR_ENVELOPES_SUFFIX, aggr_queue_key);
 }
 
 /*
@@ -213,7 +220,7 @@ PublishCommand(char **error, int argc, const char **argv, const size_t *argvlen)
 int64
 AggrQueueDepth(char **error)
 {
-	const char *argv[5] = {"EVAL", depth_script, "2", aggr_queue_key, AggrExtraEventsKey()};
+	const char *argv[5] = {"EVAL", depth_script, "2", aggr_queue_key, AggrEnvelopesKey()};
 	redisReply *reply = PublishCommand(error, 5, argv, NULL);
 	int64		depth = -1;
 
@@ -276,6 +283,7 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 	pending = chunk;
 	pending_count += nevents;
 	pending_elements++;
+	pending_envelopes += (nevents > 1);
 	MemoryContextSwitchTo(old);
 }
 
@@ -283,11 +291,12 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 static void
 PushPending(void)
 {
-	int			argc = 7 + pending_elements;
+	int			argc = 8 + pending_elements;
 	const char **argv = palloc(sizeof(char *) * argc);
 	size_t	   *argvlen = palloc(sizeof(size_t) * argc);
 	char		bound[16];
 	char		events[16];
+	char		envelopes[16];
 	char	   *error = NULL;
 	redisReply *reply;
 	int			i = argc;
@@ -296,14 +305,16 @@ PushPending(void)
 
 	snprintf(bound, sizeof(bound), "%d", aggr_queue_maxsize);
 	snprintf(events, sizeof(events), "%d", pending_count);
+	snprintf(envelopes, sizeof(envelopes), "%d", pending_envelopes);
 	argv[0] = "EVAL";
 	argv[1] = push_script;
 	argv[2] = "2";
 	argv[3] = aggr_queue_key;
-	argv[4] = AggrExtraEventsKey();
+	argv[4] = AggrEnvelopesKey();
 	argv[5] = bound;
 	argv[6] = events;
-	for (int k = 0; k < 7; k++)
+	argv[7] = envelopes;
+	for (int k = 0; k < 8; k++)
 		argvlen[k] = strlen(argv[k]);
 
 	/* the list holds the newest chunk first; elements keep publishing order */
@@ -313,7 +324,7 @@ PushPending(void)
 		argv[i] = chunk->element;
 		argvlen[i] = chunk->length;
 	}
-	Assert(i == 7);
+	Assert(i == 8);
 
 	reply = PublishCommand(&error, argc, argv, argvlen);
 	if (reply != NULL)
@@ -354,6 +365,7 @@ BrokerXactCallback(XactEvent event, void *arg)
 			pending = NULL;
 			pending_count = 0;
 			pending_elements = 0;
+			pending_envelopes = 0;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending != NULL)
@@ -370,6 +382,7 @@ BrokerXactCallback(XactEvent event, void *arg)
 			pending = NULL;
 			pending_count = 0;
 			pending_elements = 0;
+			pending_envelopes = 0;
 			break;
 		default:
 			break;
@@ -389,6 +402,7 @@ BrokerSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 		{
 			pending_count -= pending->nevents;
 			pending_elements--;
+			pending_envelopes -= (pending->nevents > 1);
 			pending = pending->next;
 		}
 	}

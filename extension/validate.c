@@ -39,6 +39,25 @@ AggrBatchInit(AggrBatch *batch, int capacity, bool store)
 	batch->payloads = palloc(sizeof(Datum) * capacity);
 }
 
+/* Makes room for more events in a storing batch (grows by doubling). */
+void
+AggrBatchReserve(AggrBatch *batch, int more)
+{
+	int			capacity = batch->capacity;
+
+	Assert(batch->store);
+	if (batch->nevents + more <= capacity)
+		return;
+	while (capacity < batch->nevents + more)
+		capacity *= 2;
+	batch->topics = repalloc(batch->topics, sizeof(Datum) * capacity);
+	batch->event_ids = repalloc(batch->event_ids, sizeof(Datum) * capacity);
+	batch->timestamps = repalloc(batch->timestamps, sizeof(Datum) * capacity);
+	batch->sources = repalloc(batch->sources, sizeof(Datum) * capacity);
+	batch->payloads = repalloc(batch->payloads, sizeof(Datum) * capacity);
+	batch->capacity = capacity;
+}
+
 /* Reads exactly ndigits decimal digits. */
 static bool
 ReadDigits(const char **p, const char *end, int ndigits, int *value)

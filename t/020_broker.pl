@@ -175,8 +175,8 @@ like($node->safe_psql('postgres', q{SELECT reason || ' ' || convert_from(raw, 'U
     qr/^envelope event 1: event_id is required \{"topic": "env"\}$/, 'envelope: the bad event is dead-lettered alone, as its own JSON');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason LIKE 'envelope must%' OR reason LIKE 'envelope declares%'}),
     2, 'envelope: a wrong count or an oversized one is dead-lettered whole');
-is(redis_cmd($redis, 'EXISTS', 'aggregator:events:extra_events'), 0,
-    'envelope: the extra-events counter is back to nothing once the queue is empty');
+is(redis_cmd($redis, 'EXISTS', 'aggregator:events:envelopes'), 0,
+    'envelope: the envelopes hash is back to nothing once the queue is empty');
 like($node->safe_psql('postgres', q{SELECT reason FROM aggr.rejected WHERE raw = '\xfffe'::bytea}),
     qr/not valid/, 'poison: invalid UTF-8 kept byte for byte with its reason');
 is($node->safe_psql('postgres', q{SELECT source FROM aggr.events WHERE event_id = 'fb-1'}), 'filebeat',
