@@ -124,26 +124,30 @@ echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
 # the shipped default of aggr.worker_count (4); each consumer waits on two
 # fsyncs per batch (Redis appendfsync always, then COMMIT), so 2 would idle
 pg_restart_broker 4 "aggr.queue_maxsize = 2000000"
+# one redis-cli call: the poll must be short next to a run of 20,000 events
 queue_empty() {
-    [ "$(redis-cli -p "$AGGR_REDIS_PORT" LLEN aggregator:events)" = 0 ] &&
-        [ -z "$(redis-cli -p "$AGGR_REDIS_PORT" KEYS 'aggregator:events:processing:*')" ]
+    [ "$(redis-cli -p "$AGGR_REDIS_PORT" EVAL "return redis.call('LLEN', KEYS[1]) +
+        #redis.call('KEYS', KEYS[1] .. ':processing:*')" 1 aggregator:events)" = 0 ]
 }
 # private memory of the consumers (RssAnon: shared buffers they touch are
-# PostgreSQL's, not theirs), summed, the largest seen while draining
+# PostgreSQL's, not theirs), summed, the largest seen while draining; their
+# pids are read once per run, not at every poll
+worker_pids=""
 worker_private_kb() {
-    local total=0 pid kb
-    for pid in $(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'"); do
-        kb=$(awk '/RssAnon/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$(( total + ${kb:-0} ))
-    done
-    echo "$total"
+    local files=() pid
+    for pid in $worker_pids; do files+=("/proc/$pid/status"); done
+    awk '/RssAnon/ { total += $2 } END { print total + 0 }' "${files[@]}" 2>/dev/null || echo 0
 }
+# polls every 10 ms, reads the consumers' memory every 100 ms
 wait_drained() {
-    local kb
+    local kb polls=0
+    worker_pids=$(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'")
     until queue_empty; do
-        kb=$(worker_private_kb)
-        [ "$kb" -gt "$worker_peak" ] && worker_peak=$kb
-        sleep 0.05
+        if (( polls++ % 10 == 0 )); then
+            kb=$(worker_private_kb)
+            [ "$kb" -gt "$worker_peak" ] && worker_peak=$kb
+        fi
+        sleep 0.01
     done
 }
 # one drain of a pre-filled queue of n events: appends its events/s to
