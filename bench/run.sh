@@ -34,13 +34,21 @@ make -C "$src" -s -j2 >/dev/null
 [ "$(id -u)" -eq 0 ] && make -C "$src" -s install >/dev/null
 servers_init bench
 trap servers_cleanup EXIT
-pg_start "shared_buffers = '1GB'
+# every phase runs with these (a restart rewrites the whole configuration)
+pg_settings="shared_buffers = '1GB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'"
+pg_start "$pg_settings"
+# every phase must see them: the SQL ceiling and aggr on equal terms
+check_settings() {
+    [ "$(sql -c 'SHOW shared_buffers')" = 1GB ] && [ "$(sql -c 'SHOW max_wal_size')" = 8GB ] ||
+        { echo "bench: the server lost its bench settings" >&2; exit 1; }
+}
 redis_start
 
 publisher="$src/publisher/aggr-publisher"
 sql() { psql -X -q -At -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -d postgres "$@"; }
+check_settings
 
 # The batches as pgbench reads them: table bench_batches(id, body), made of
 # the very events aggr-publisher sends (its default seed: 35 % re-sends, the
@@ -123,7 +131,9 @@ done
 echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
 # the shipped default of aggr.worker_count (4); each consumer waits on two
 # fsyncs per batch (Redis appendfsync always, then COMMIT), so 2 would idle
-pg_restart_broker 4 "aggr.queue_maxsize = 2000000"
+pg_restart_broker 4 "$pg_settings
+aggr.queue_maxsize = 2000000"
+check_settings
 # one redis-cli call: the poll must be short next to a run of 20,000 events
 queue_empty() {
     [ "$(redis-cli -p "$AGGR_REDIS_PORT" EVAL "return redis.call('LLEN', KEYS[1]) +
@@ -198,7 +208,8 @@ done
 
 if [ "${BENCH_LARGE:-0}" = 1 ]; then
     echo "=== aggr_ingest with 10,000,000 events already stored"
-    pg_restart_direct
+    pg_restart_direct "$pg_settings"
+    check_settings
     n=200000
     make_batches "$n"
     raw=$(pgbench_rate "$src/bench/ingest.sql" "$n")   # the empty-table rate is the reference here
