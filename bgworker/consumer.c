@@ -69,7 +69,9 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
  * that one.  Elements are moved only into an empty list without a token: a
  * list with a token may already be committed and is replayed exactly as it
  * is; a list without one (BLMOVE brought an element, or a crash came before
- * the token) gets its token as it is.  Moving is SORT ... BY nosort LIMIT ...
+ * the token) gets its token as it is.  A token without a list (someone
+ * deleted the list) is dropped: left, it would make the next element that
+ * BLMOVE brings look like a committed batch.  Moving is SORT ... BY nosort LIMIT ...
  * STORE, which copies a range of the queue in C: no element goes through Lua
  * (about 1.5 ns a byte each way) and the AOF logs the command, not the
  * elements.  While the queue holds none of aggr's envelopes, a batch is the
@@ -92,9 +94,10 @@ static const char *const take_script =
 "  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
 "end "
 "local tok = redis.call('GET', KEYS[3]) "
-"if tok then return {tok, acked, 0} end "
-"local envelopes, extra = 0, 0 "
 "local have = redis.call('LLEN', KEYS[2]) "
+"if tok and have > 0 then return {tok, acked, 0} end "
+"if tok then redis.call('DEL', KEYS[3]) end "
+"local envelopes, extra = 0, 0 "
 "if have > 0 then "
 "  for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do "
 "    local n = event_count(e) "

@@ -193,6 +193,20 @@ ok(wait_drained($node, $redis), 'orphan: processing list adopted and drained');
 wait_for(sub { stats($node)->{received} >= $total{received} }, 30);
 check_invariants($node, 'orphan', %total);
 
+# 10. a token whose processing list is gone (deleted by hand) is dropped, so
+#     it cannot make the next element look like a committed batch
+my $committed = $node->safe_psql('postgres', 'SELECT last_token FROM aggr.consumers WHERE consumer = 1');
+redis_cmd($redis, 'SET', 'aggregator:events:token:1', $committed);
+ok(wait_for(sub { redis_cmd($redis, 'EXISTS', 'aggregator:events:token:1') == 0 }, 30),
+    'stale token: a token without its processing list is dropped');
+like(publish($node, '{"topic": "stale", "event_id": "s1", "timestamp": 0, "source": "s"}'),
+    qr/"accepted": 1/, 'stale token: the next event is queued');
+$total{received} += 1;
+$total{unique}   += 1;
+ok(wait_drained($node, $redis), 'stale token: queue drained');
+wait_for(sub { stats($node)->{received} >= $total{received} }, 30);
+check_invariants($node, 'stale token', %total);
+
 # health: broker and both consumers up
 wait_for(sub { consumer_pids($node) == 2 }, 30);
 like($node->safe_psql('postgres', 'SELECT aggr_health()'), qr/"status": "ok"/, 'health ok with broker and consumers up');
