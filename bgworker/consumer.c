@@ -71,10 +71,10 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
  * is; a list without one (BLMOVE brought an element, or a crash came before
  * the token) gets its token as it is.  A token without a list (someone
  * deleted the list) is dropped: left, it would make the next element that
- * BLMOVE brings look like a committed batch.  Moving is SORT ... BY nosort LIMIT ...
- * STORE, which copies a range of the queue in C: no element goes through Lua
- * (about 1.5 ns a byte each way) and the AOF logs the command, not the
- * elements.  While the queue holds none of aggr's envelopes, a batch is the
+ * BLMOVE brings look like a committed batch.  Moving is SORT ... BY nosort
+ * LIMIT ... STORE, which copies a range of the queue in C: no element goes
+ * through Lua (about 1.5 ns a byte each way) and the AOF logs the command,
+ * not the elements.  While the queue holds none of aggr's envelopes, a batch is the
  * first batch-size elements; otherwise the script reads the head to take a run
  * of plain events, or whole envelopes (at least one) while they fit.  The
  * envelopes leave the hash when their list gets its token, which happens once
