@@ -8,10 +8,10 @@
  *   Q:processing:k   elements k has taken and not yet acknowledged
  *   Q:token:k        the random token that names that batch
  * 1. Take.  One script moves up to aggr.batch_size elements from Q to the
- *    processing list and sets a token for them.  When Q is empty, BLMOVE
- *    first waits for one element (on the socket and the latch, so SIGTERM
- *    and SIGHUP are honoured at once).  A crash at any instant leaves every
- *    element in Redis.
+ *    processing list and sets a token for them.  When Q is empty, a BLMOVE
+ *    from Q's tail to its own tail (it moves nothing) first waits for an
+ *    element, on the socket and the latch, so SIGTERM and SIGHUP are
+ *    honoured at once.  A crash at any instant leaves every element in Redis.
  * 2. Ingest.  One transaction stores the events, dead-letters the elements
  *    that are not valid events into aggr.rejected, and records the token as
  *    aggr.consumers.last_token of slot k.  It commits with synchronous_commit
@@ -68,10 +68,9 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
  * Acknowledging means deleting the list and the token, if the token is still
  * that one.  Elements are moved only into an empty list without a token: a
  * list with a token may already be committed and is replayed exactly as it
- * is; a list without one (BLMOVE brought an element, or a crash came before
- * the token) gets its token as it is.  A token without a list (someone
- * deleted the list) is dropped: left, it would make the next element that
- * BLMOVE brings look like a committed batch.  Moving is SORT ... BY nosort
+ * is; a list without one (left by an older aggr, whose wait moved an
+ * element into it) gets its token as it is.  A token without a list (someone
+ * deleted the list) is dropped, so the list's next batch gets a new token.  Moving is SORT ... BY nosort
  * LIMIT ... STORE, which copies a range of the queue in C: no element goes
  * through Lua (about 1.5 ns a byte each way) and the AOF logs the command,
  * not the elements.  While the queue holds none of aggr's envelopes, a batch is the
@@ -336,11 +335,12 @@ RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
 }
 
 /*
- * Waits for the first element of a batch: BLMOVE from the queue to the
- * processing list, sent without blocking, then a wait on the latch and the
- * socket.  Returns true when an element arrived, false on a timeout, a
- * signal or a broker failure (the caller loops).  If the reply is lost the
- * element is still in the processing list and is found by the next take.
+ * Waits until the queue has an element: BLMOVE from the queue's tail to its
+ * own tail, which blocks like BLPOP but moves nothing (the take script moves
+ * a whole batch next), sent without blocking, then a wait on the latch and
+ * the socket.  Returns true when the queue had an element, false on a
+ * timeout, a signal or a broker failure (the caller loops).  A lost reply
+ * loses nothing.
  */
 static bool
 WaitForElement(void)
@@ -351,8 +351,8 @@ WaitForElement(void)
 	void	   *reply = NULL;
 
 	snprintf(timeout_buf, sizeof(timeout_buf), "%.3f", timeout_ms / 1000.0);
-	if (redisAppendCommand(redis, "BLMOVE %s %s LEFT RIGHT %s", aggr_queue_key,
-						   KeyFor("processing", my_slot), timeout_buf) != REDIS_OK)
+	if (redisAppendCommand(redis, "BLMOVE %s %s RIGHT RIGHT %s", aggr_queue_key,
+						   aggr_queue_key, timeout_buf) != REDIS_OK)
 	{
 		BrokerFailed(redis->errstr);
 		return false;
