@@ -447,17 +447,16 @@ static int
 ElementEventCount(const char *raw, int len)
 {
 	const int	prefix = strlen(AGGR_ENVELOPE_PREFIX);
-	int64		n = 0;
+	int			n = 0;
 	int			i;
 
 	if (len <= prefix || memcmp(raw, AGGR_ENVELOPE_PREFIX, prefix) != 0)
 		return 1;
 	for (i = prefix; i < len && raw[i] >= '0' && raw[i] <= '9'; i++)
-		if ((n = n * 10 + (raw[i] - '0')) > AGGR_MAX_REQUEST_EVENTS)
-			break;
-	if (i == prefix || i >= len || (raw[i] != ',' && n <= AGGR_MAX_REQUEST_EVENTS) || n < 2)
+		n = Min(n * 10 + (raw[i] - '0'), AGGR_MAX_REQUEST_EVENTS + 1);
+	if (i == prefix || i == len || raw[i] != ',' || n < 2)
 		return 1;
-	return n > AGGR_MAX_REQUEST_EVENTS ? -1 : (int) n;
+	return n > AGGR_MAX_REQUEST_EVENTS ? -1 : n;
 }
 
 /* Dead-letters one event of an envelope, as its own JSON text. */

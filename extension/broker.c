@@ -39,9 +39,6 @@ typedef struct PendingEvents
 } PendingEvents;
 
 static PendingEvents *pending = NULL;	/* in TopTransactionContext */
-static int	pending_count = 0;		/* events */
-static int	pending_elements = 0;
-static int	pending_envelopes = 0;	/* elements of more than one event */
 
 /*
  * The bounded push.  KEYS: queue, its envelopes hash (aggr.h).  ARGV[1] bound
@@ -237,10 +234,10 @@ AggrQueueDepth(char **error)
 
 /*
  * Queues a validated request: its events are kept until PRE_COMMIT, as one
- * element: plain JSON for one event, else an envelope.  json, when not NULL,
- * is the request as it was sent: it is queued as it is, which saves printing
- * the parsed request again (an object whose text could pass for an envelope
- * is printed, so it cannot).
+ * element: one event printed from its parsed form, or an envelope.  json,
+ * when not NULL, is the request as it was sent: an envelope wraps it as it
+ * is, which saves printing the whole request again.  (A single event is
+ * always printed: its own text might begin like an envelope.)
  */
 void
 AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
@@ -249,7 +246,7 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 	PendingEvents *chunk = palloc(sizeof(PendingEvents));
 	JsonbContainer *events = &request->root;
 	int			size = VARSIZE(request);
-	bool		verbatim = (json != NULL);
+	bool		verbatim = (json != NULL && nevents > 1);
 	StringInfoData element;
 
 	if (JB_ROOT_IS_ARRAY(request) && nevents == 1)
@@ -258,10 +255,7 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 
 		events = only->val.binary.data;
 		size = only->val.binary.len;
-		verbatim = false;
 	}
-	else if (nevents == 1 && verbatim)
-		verbatim = strncmp(json, AGGR_ENVELOPE_PREFIX, strlen(AGGR_ENVELOPE_PREFIX)) != 0;
 
 	/* the binary size is a good first guess of the text's */
 	initStringInfo(&element);
@@ -281,9 +275,6 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 	chunk->length = element.len;
 	chunk->next = pending;
 	pending = chunk;
-	pending_count += nevents;
-	pending_elements++;
-	pending_envelopes += (nevents > 1);
 	MemoryContextSwitchTo(old);
 }
 
@@ -291,21 +282,33 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 static void
 PushPending(void)
 {
-	int			argc = 8 + pending_elements;
-	const char **argv = palloc(sizeof(char *) * argc);
-	size_t	   *argvlen = palloc(sizeof(size_t) * argc);
+	int			nelements = 0;
+	int			nevents = 0;
+	int			nenvelopes = 0;
+	int			argc;
+	const char **argv;
+	size_t	   *argvlen;
 	char		bound[16];
 	char		events[16];
 	char		envelopes[16];
 	char	   *error = NULL;
 	redisReply *reply;
-	int			i = argc;
+	int			i;
 	long long	result = 0;
 	bool		ok = false;
 
+	for (PendingEvents *chunk = pending; chunk != NULL; chunk = chunk->next)
+	{
+		nelements++;
+		nevents += chunk->nevents;
+		nenvelopes += (chunk->nevents > 1);
+	}
+	i = argc = 8 + nelements;
+	argv = palloc(sizeof(char *) * argc);
+	argvlen = palloc(sizeof(size_t) * argc);
 	snprintf(bound, sizeof(bound), "%d", aggr_queue_maxsize);
-	snprintf(events, sizeof(events), "%d", pending_count);
-	snprintf(envelopes, sizeof(envelopes), "%d", pending_envelopes);
+	snprintf(events, sizeof(events), "%d", nevents);
+	snprintf(envelopes, sizeof(envelopes), "%d", nenvelopes);
 	argv[0] = "EVAL";
 	argv[1] = push_script;
 	argv[2] = "2";
@@ -342,7 +345,7 @@ PushPending(void)
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not queue %d events on the broker", pending_count),
+				 errmsg("could not queue %d events on the broker", nevents),
 				 errdetail("%s", error),
 				 errhint("Check that Redis is running at aggr.broker_url; nothing was queued.")));
 	if (result < 0)
@@ -350,7 +353,7 @@ PushPending(void)
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("queue \"%s\" is full", aggr_queue_key),
 				 errdetail("It holds %lld events; %d more would exceed aggr.queue_maxsize (%d).",
-						   -result - 1, pending_count, aggr_queue_maxsize),
+						   -result - 1, nevents, aggr_queue_maxsize),
 				 errhint("Retry later, when the consumers have caught up; nothing was queued.")));
 }
 
@@ -363,9 +366,6 @@ BrokerXactCallback(XactEvent event, void *arg)
 			if (pending != NULL)
 				PushPending();
 			pending = NULL;
-			pending_count = 0;
-			pending_elements = 0;
-			pending_envelopes = 0;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending != NULL)
@@ -380,9 +380,6 @@ BrokerXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			/* the memory went with TopTransactionContext */
 			pending = NULL;
-			pending_count = 0;
-			pending_elements = 0;
-			pending_envelopes = 0;
 			break;
 		default:
 			break;
@@ -400,9 +397,6 @@ BrokerSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		while (pending != NULL && pending->nest_level >= level)
 		{
-			pending_count -= pending->nevents;
-			pending_elements--;
-			pending_envelopes -= (pending->nevents > 1);
 			pending = pending->next;
 		}
 	}

@@ -281,8 +281,9 @@ aggr_publish(PG_FUNCTION_ARGS)
 Datum
 aggr_publish_text(PG_FUNCTION_ARGS)
 {
-	char	   *json = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	char	   *json = text_to_cstring(body);
 	Jsonb	   *request = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 
-	PG_RETURN_JSONB_P(Publish(request, json, strlen(json)));
+	PG_RETURN_JSONB_P(Publish(request, json, VARSIZE_ANY_EXHDR(body)));
 }
