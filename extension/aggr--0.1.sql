@@ -84,7 +84,7 @@ CREATE FUNCTION aggr_publish_text(request text) RETURNS jsonb
     LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION aggr_publish_text(text) IS
-    'aggr: aggr_publish of a request given as JSON text; with a broker the text is queued as it was sent';
+    'aggr: aggr_publish of a request given as JSON text; with a broker a request of several events is queued in its own text';
 
 CREATE FUNCTION aggr.runtime_status() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'aggr_runtime_status'

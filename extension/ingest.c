@@ -247,7 +247,7 @@ aggr_ingest(PG_FUNCTION_ARGS)
 /*
  * The publish path: validate, then either queue the events on the broker
  * (aggr.broker_url set) or ingest them directly.  json is the request's
- * text as sent, when the caller has it (queued as it is), or NULL.
+ * text as sent, when the caller has it (an envelope wraps it), or NULL.
  */
 static Jsonb *
 Publish(Jsonb *request, const char *json, int len)
@@ -275,8 +275,8 @@ aggr_publish(PG_FUNCTION_ARGS)
 /*
  * aggr_publish_text(text) -> jsonb: aggr_publish of JSON text, parsed here
  * (same errors as a jsonb cast).  What the sidecar calls: in broker mode the
- * request's text is queued as it came, instead of being printed again from
- * the parsed form.
+ * text of a request of several events is queued as it came, instead of being
+ * printed again from the parsed form.
  */
 Datum
 aggr_publish_text(PG_FUNCTION_ARGS)
