@@ -10,10 +10,17 @@ OBJS = \
 	extension/broker.o \
 	extension/stats.o \
 	bgworker/consumer.o
-DATA = extension/aggr--0.1.sql
+# extension/aggr.sql is the current version's install script; released
+# versions' scripts and the upgrade scripts between them are kept as shipped.
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" aggr.control)
+DATA_built = extension/aggr--$(EXTVERSION).sql
+DATA = extension/aggr--0.1.sql extension/aggr--0.1--0.2.sql
 PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 
-REGRESS = validate ingest query stats privileges
+# pg_regress and the isolation specs pass against any running server, aggr
+# preloaded or not (make installcheck); what needs the preload or a broker is
+# TAP (t/), where each test starts its own servers.
+REGRESS = validate ingest query stats privileges upgrade
 ISOLATION = ingest_race stats_race
 TAP_TESTS = 1
 
@@ -25,6 +32,9 @@ SHLIB_LINK = -lhiredis
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+extension/aggr--$(EXTVERSION).sql: extension/aggr.sql
+	cp $< $@
 
 BINDIR ?= /usr/local/bin
 

@@ -5,7 +5,9 @@
  *
  * The broker settings take effect at server start: publishers and consumers
  * must agree on where the queue is, and consumers are registered only when
- * aggr is in shared_preload_libraries and a broker is configured.
+ * aggr is in shared_preload_libraries and a broker is configured.  Without the
+ * preload (a stock server, a Citus worker node) aggr runs in direct mode, and
+ * what needs the preload answers 55000 (AggrRequirePreload).
  */
 #include "postgres.h"
 
@@ -33,6 +35,9 @@ int			aggr_test_crash_point = 0;
 
 AggrSharedState *aggr_shared = NULL;
 
+/* Loaded by shared_preload_libraries (true in the postmaster and its children). */
+static bool preloaded = false;
+
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 #if PG_VERSION_NUM >= 150000
@@ -47,25 +52,17 @@ static const struct config_enum_entry crash_point_options[] = {
 	{NULL, 0, false}
 };
 
+/*
+ * Settings any session may define: those read per call or per batch.  Defined
+ * whether or not aggr is preloaded, so direct mode works on a stock server.
+ */
 static void
-DefineSettings(void)
+DefineSessionSettings(void)
 {
 	DefineCustomIntVariable("aggr.max_request_events",
 							"Largest number of events one aggr_publish or aggr_ingest call accepts.",
 							NULL, &aggr_max_request_events, 10000, 1, AGGR_MAX_REQUEST_EVENTS,
 							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomStringVariable("aggr.broker_url",
-							   "Redis URL of the queue (redis://[:password@]host:port/db); empty means direct ingest.",
-							   NULL, &aggr_broker_url, "",
-							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
-	DefineCustomStringVariable("aggr.queue_key",
-							   "Redis list that holds queued events.",
-							   NULL, &aggr_queue_key, "aggregator:events",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("aggr.worker_count",
-							"Number of consumer background workers in broker mode.",
-							NULL, &aggr_worker_count, 4, 1, AGGR_MAX_WORKERS,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.queue_maxsize",
 							"Most events the queue may hold; a publish that would exceed it is refused (0 = no bound).",
 							NULL, &aggr_queue_maxsize, 5000, 0, INT_MAX,
@@ -78,15 +75,50 @@ DefineSettings(void)
 							"Most queue elements a consumer ingests in one transaction.",
 							NULL, &aggr_batch_size, 500, 1, 5000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomStringVariable("aggr.database",
-							   "Database the consumer workers ingest into.",
-							   NULL, &aggr_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomEnumVariable("aggr.test_crash_point",
 							 "Test only: make a consumer exit at this point of its batch protocol.",
 							 NULL, &aggr_test_crash_point, 0, crash_point_options,
 							 PGC_SIGHUP, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
-	MarkGUCPrefixReserved("aggr");
+}
+
+/*
+ * aggr.broker_url: restart-only when preloading.  In a late load PostgreSQL
+ * refuses to define a PGC_POSTMASTER setting (FATAL), yet the URL, which may
+ * hold a password, must stay hidden from non-superusers; so a late load
+ * defines it superuser-only and unused (its only effect is the 55000 of
+ * AggrRequirePreload), rather than leaving it a placeholder anyone can SHOW.
+ */
+static void
+DefineBrokerUrl(GucContext context)
+{
+	DefineCustomStringVariable("aggr.broker_url",
+							   "Redis URL of the queue (redis://[:password@]host:port/db); empty means direct ingest.",
+							   context == PGC_POSTMASTER ? NULL :
+							   "Unused: broker mode needs aggr in shared_preload_libraries.",
+							   &aggr_broker_url, "",
+							   context, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+}
+
+/*
+ * The other settings that take effect at server start (PGC_POSTMASTER): they
+ * exist only in a preloaded aggr; a server restarted with the preload picks
+ * up their values from postgresql.conf.
+ */
+static void
+DefineServerStartSettings(void)
+{
+	DefineCustomStringVariable("aggr.queue_key",
+							   "Redis list that holds queued events.",
+							   NULL, &aggr_queue_key, "aggregator:events",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.worker_count",
+							"Number of consumer background workers in broker mode.",
+							NULL, &aggr_worker_count, 4, 1, AGGR_MAX_WORKERS,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("aggr.database",
+							   "Database the consumer workers ingest into.",
+							   NULL, &aggr_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 }
 
 static Size
@@ -140,20 +172,57 @@ AggrLiveWorkerCount(void)
 	return live;
 }
 
+/* Broker mode: a preloaded aggr with aggr.broker_url set. */
 bool
 AggrBrokerConfigured(void)
 {
-	return aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
+	return preloaded && aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
 }
 
+/*
+ * True when a broker is asked for (postgresql.conf, ALTER SYSTEM or SET) but
+ * aggr was loaded late, so broker mode cannot run.
+ */
+bool
+AggrBrokerWantedWithoutPreload(void)
+{
+	return !preloaded && aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
+}
+
+/* The 55000 error of whatever needs aggr in shared_preload_libraries. */
+void
+AggrRequirePreload(const char *what)
+{
+	ereport(ERROR,
+			errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			errmsg("%s needs aggr in shared_preload_libraries", what),
+			errdetail("aggr.broker_url is set, but aggr was loaded after server start, so the broker settings and the consumers do not exist."),
+			errhint("Add aggr to shared_preload_libraries and restart the server, or reset aggr.broker_url to ingest directly."));
+}
+
+/*
+ * Loaded by shared_preload_libraries: every setting, shared memory and the
+ * consumers.  Loaded by a session (CREATE EXTENSION or the first call on a
+ * stock server): the session settings only, which is all direct mode needs.
+ * The prefix is reserved only when preloading; reserving it late would turn
+ * each restart-only line of postgresql.conf into a WARNING in every session.
+ */
 void
 _PG_init(void)
 {
-	DefineSettings();
+	DefineSessionSettings();
 	AggrBrokerInit();
 
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		DefineBrokerUrl(PGC_SUSET);
 		return;
+	}
+
+	preloaded = true;
+	DefineBrokerUrl(PGC_POSTMASTER);
+	DefineServerStartSettings();
+	MarkGUCPrefixReserved("aggr");
 
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;

@@ -93,6 +93,8 @@ extern struct redisContext *AggrRedisConnect(char **error);
 extern void AggrBrokerInit(void);
 extern void AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len);
 extern bool AggrBrokerConfigured(void);
+extern bool AggrBrokerWantedWithoutPreload(void);
+extern void AggrRequirePreload(const char *what);
 extern int64 AggrQueueDepth(char **error);
 extern char *AggrEnvelopesKey(void);
 

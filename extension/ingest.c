@@ -255,6 +255,8 @@ Publish(Jsonb *request, const char *json, int len)
 	AggrBatch	batch;
 	AggrIngestResult result = {0};
 
+	if (AggrBrokerWantedWithoutPreload())
+		AggrRequirePreload("broker mode");
 	AggrValidateRequest(request, &batch, !AggrBrokerConfigured());
 	if (AggrBrokerConfigured())
 	{

@@ -52,8 +52,9 @@ AppendWorkers(StringInfo buf)
 
 /*
  * aggr.runtime_status() -> jsonb: worker_count (live), workers_configured,
- * preloaded, broker ("disabled", "ok", "down"), broker_error, queue_depth,
- * and one entry per consumer slot.
+ * preloaded, broker ("disabled", "ok", "down", or "needs_preload": set but
+ * aggr was not preloaded), broker_error, queue_depth, and one entry per
+ * consumer slot.
  */
 Datum
 aggr_runtime_status(PG_FUNCTION_ARGS)
@@ -66,7 +67,9 @@ aggr_runtime_status(PG_FUNCTION_ARGS)
 					 AggrLiveWorkerCount(),
 					 (broker && aggr_shared != NULL) ? aggr_worker_count : 0,
 					 aggr_shared != NULL ? "true" : "false");
-	if (!broker)
+	if (AggrBrokerWantedWithoutPreload())
+		appendStringInfoString(&buf, ", \"broker\": \"needs_preload\", \"queue_depth\": null");
+	else if (!broker)
 		appendStringInfoString(&buf, ", \"broker\": \"disabled\"");
 	else
 	{

@@ -25,10 +25,33 @@ SELECT aggr_events(NULL, 10001);
 SELECT aggr_events(NULL, NULL);
 SELECT count(*) FROM aggr_events(NULL, 10000);
 
--- the pages are served by indexes, not by sorting the table
+-- the pages are served by indexes, not by sorting the table: EXPLAIN each
+-- query aggr_events() itself runs, taken from its source, with its arguments
+-- as parameters
+CREATE FUNCTION pg_temp.plans_of_aggr_events() RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    query text;
+    line text;
+BEGIN
+    FOR query IN
+        SELECT m[1] FROM pg_proc p,
+               regexp_matches(p.prosrc, 'RETURN QUERY\s+(SELECT [^;]*);', 'g') m
+        WHERE p.oid = 'aggr_events(text, integer, bigint)'::regprocedure
+    LOOP
+        query := replace(replace(replace(query,
+                     'aggr_events.topic', '$1'), 'aggr_events.after', '$2'),
+                     'aggr_events."limit"', '$3');
+        EXECUTE 'PREPARE page(text, bigint, integer) AS ' || query;
+        RETURN NEXT regexp_replace(query, '\s+', ' ', 'g');
+        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10)' LOOP
+            RETURN NEXT line;
+        END LOOP;
+        DEALLOCATE page;
+    END LOOP;
+END
+$$;
 SET enable_seqscan = off;
-EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.topic = 'x' AND e.seq > 5 ORDER BY e.seq LIMIT 10;
-EXPLAIN (COSTS OFF) SELECT * FROM aggr.events e WHERE e.seq > 5 ORDER BY e.seq LIMIT 10;
+SELECT * FROM pg_temp.plans_of_aggr_events();
 RESET enable_seqscan;
 
 -- keys compare byte by byte, whatever the database's locale

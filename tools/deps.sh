@@ -8,6 +8,7 @@ AGGR_PACKAGES=(
     libmicrohttpd-dev libcurl4-openssl-dev
     libipc-run-perl valgrind python3-yaml gnuplot-nox
     clang-14 libclang-rt-14-dev
+    bison flex dpkg-dev zlib1g-dev
 )
 
 aggr_install_deps() {

@@ -1,0 +1,50 @@
+/*
+ * aggr--0.1--0.2.sql: from 0.1 to 0.2.
+ * aggr_health() tells a stock server (aggr not preloaded) from a preloaded
+ * one: "mode", "preloaded", and "preload" in "down" with a hint when a broker
+ * is configured that only a preloaded aggr can use.
+ */
+
+\echo Use "ALTER EXTENSION aggr UPDATE TO '0.2'" to load this file. \quit
+
+CREATE OR REPLACE FUNCTION aggr_health() RETURNS jsonb
+    LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    runtime jsonb := aggr.runtime_status();
+    broker text := runtime ->> 'broker';
+    configured integer := (runtime ->> 'workers_configured')::integer;
+    running integer := (runtime ->> 'worker_count')::integer;
+    down text[] := '{}';
+    health jsonb;
+BEGIN
+    IF broker = 'needs_preload' THEN
+        down := down || 'preload'::text;
+    ELSIF broker = 'down' THEN
+        down := down || 'broker'::text;
+    END IF;
+    IF broker IN ('ok', 'down') AND running < greatest(configured, 1) THEN
+        down := down || 'workers'::text;
+    END IF;
+    health := jsonb_build_object(
+        'status', CASE WHEN cardinality(down) = 0 THEN 'ok' ELSE 'down' END,
+        'down', to_jsonb(down),
+        'database', 'ok',
+        'extension', (SELECT extversion FROM pg_extension WHERE extname = 'aggr'),
+        'mode', CASE WHEN broker = 'disabled' THEN 'direct' ELSE 'broker' END,
+        'preloaded', runtime -> 'preloaded',
+        'broker', runtime -> 'broker',
+        'broker_error', runtime -> 'broker_error',
+        'workers', jsonb_build_object('running', running, 'configured', configured));
+    IF broker = 'needs_preload' THEN
+        health := health || jsonb_build_object('hint',
+            'aggr.broker_url is set but aggr is not in shared_preload_libraries: '
+            'add aggr there and restart the server, or reset aggr.broker_url to ingest directly');
+    END IF;
+    RETURN health;
+END
+$$;
+COMMENT ON FUNCTION aggr_health() IS
+    'aggr: status ok when the broker (if configured) and every consumer are up, else down naming what is down';
+
