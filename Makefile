@@ -81,4 +81,8 @@ demo-stop:
 bench:
 	bash bench/run.sh
 
-.PHONY: installcheck-tap faults fuzz programs install-programs clean-programs test demo demo-stop bench
+# pgindent (from the cached PostgreSQL 18 tree) over all of aggr's C
+indent:
+	bash tools/indent.sh
+
+.PHONY: indent installcheck-tap faults fuzz programs install-programs clean-programs test demo demo-stop bench

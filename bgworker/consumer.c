@@ -376,7 +376,10 @@ WaitForElement(void)
 		if (reply != NULL)
 			break;
 
-		/* the server answers by timeout_ms; silence for longer means a lost reply */
+		/*
+		 * the server answers by timeout_ms; silence for longer means a lost
+		 * reply
+		 */
 		rc = WaitLatchOrSocket(MyLatch,
 							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							   redis->fd, timeout_ms + 5000, PG_WAIT_EXTENSION);

@@ -185,8 +185,13 @@ void
 AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len)
 {
 	static const char hex[] = "0123456789abcdef";
-	static const char short_escape[0x20] = {['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n',
-	['\r'] = 'r', ['\t'] = 't'};
+	static const char short_escape[0x20] = {
+		['\b'] = 'b',
+		['\f'] = 'f',
+		['\n'] = 'n',
+		['\r'] = 'r',
+		['\t'] = 't',
+	};
 	const unsigned char *p = (const unsigned char *) s;
 	size_t		i = 0;
 

@@ -103,7 +103,8 @@ typedef struct AggrWorkerSlot
 {
 	pid_t		pid;			/* 0 when not running */
 	int64		batches;		/* committed batches since start of the slot */
-	int64		events;			/* events stored or dead-lettered since start of the slot */
+	int64		events;			/* events stored or dead-lettered since start
+								 * of the slot */
 	int64		rejected;		/* elements sent to aggr.rejected */
 	TimestampTz last_commit;
 	TimestampTz started_at;

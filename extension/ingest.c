@@ -214,21 +214,21 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 static Jsonb *
 AggrIngestResultJsonb(const AggrIngestResult *result, int64 accepted, bool queued)
 {
-	char	   *text;
+	char	   *json;
 
 	if (accepted < 0)
-		text = psprintf("{\"received\": " INT64_FORMAT ", \"unique\": " INT64_FORMAT
+		json = psprintf("{\"received\": " INT64_FORMAT ", \"unique\": " INT64_FORMAT
 						", \"duplicates\": " INT64_FORMAT "}",
 						result->received, result->unique, result->duplicates);
 	else if (queued)
-		text = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d}",
+		json = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d}",
 						accepted, AggrLiveWorkerCount());
 	else
-		text = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d, \"unique\": "
+		json = psprintf("{\"accepted\": " INT64_FORMAT ", \"worker_count\": %d, \"unique\": "
 						INT64_FORMAT ", \"duplicates\": " INT64_FORMAT "}",
 						accepted, AggrLiveWorkerCount(), result->unique,
 						result->duplicates);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
 /* aggr_ingest(jsonb) -> jsonb: validate and store, in the caller's transaction. */

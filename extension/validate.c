@@ -80,7 +80,7 @@ ReadDigits(const char **p, const char *end, int ndigits, int *value)
 }
 
 static bool
-Expect(const char **p, const char *end, char c)
+ExpectChar(const char **p, const char *end, char c)
 {
 	if (*p >= end || **p != c)
 		return false;
@@ -111,8 +111,8 @@ AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result)
 	int			tz;
 	struct pg_tm tm;
 
-	if (!ReadDigits(&p, end, 4, &year) || !Expect(&p, end, '-') ||
-		!ReadDigits(&p, end, 2, &mon) || !Expect(&p, end, '-') ||
+	if (!ReadDigits(&p, end, 4, &year) || !ExpectChar(&p, end, '-') ||
+		!ReadDigits(&p, end, 2, &mon) || !ExpectChar(&p, end, '-') ||
 		!ReadDigits(&p, end, 2, &mday))
 		return false;
 
@@ -121,7 +121,7 @@ AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result)
 		if (*p != 'T' && *p != 't' && *p != ' ')
 			return false;
 		p++;
-		if (!ReadDigits(&p, end, 2, &hour) || !Expect(&p, end, ':') ||
+		if (!ReadDigits(&p, end, 2, &hour) || !ExpectChar(&p, end, ':') ||
 			!ReadDigits(&p, end, 2, &min))
 			return false;
 		if (p < end && *p == ':')

@@ -156,7 +156,8 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 {
 	long		n_dup = AggrGenDuplicates(opts->events, opts->dup_ratio);
 	uint32_t   *order;
-	long	   *first_copy;		/* send-order index of each unique event's original */
+	long	   *first_copy;		/* send-order index of each unique event's
+								 * original */
 	uint64_t	rng;
 	AggrBuf		quoted;
 	long		n;
@@ -238,7 +239,7 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 			ev->length = (uint32_t) (body.len - ev->offset);
 		}
 		AggrBufAppend(&body, "]", 1);
-		batch->body = AggrRealloc(body.data, body.len + 1);	/* drop the slack */
+		batch->body = AggrRealloc(body.data, body.len + 1); /* drop the slack */
 		batch->length = body.len;
 	}
 	free(first_copy);

@@ -388,7 +388,7 @@ AggrJsonGetInt(const char *json, size_t len, const char *key, int64_t *value)
 		return AGGR_JSON_MALFORMED;
 	SkipWhitespace(&s);
 	if (s.p != s.end)
-		return AGGR_JSON_MALFORMED;	/* trailing bytes */
+		return AGGR_JSON_MALFORMED; /* trailing bytes */
 	if (lookup.found == NULL)
 		return AGGR_JSON_ABSENT;
 	if (!TokenToInt64(lookup.found, lookup.found_end, value))

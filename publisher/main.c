@@ -84,7 +84,8 @@ typedef struct Verify
 	Stats		after;
 	long		received_lo;	/* expected growth of received */
 	long		received_hi;
-	long		unique_lo;		/* expected growth of unique_processed on a first run */
+	long		unique_lo;		/* expected growth of unique_processed on a
+								 * first run */
 	long		unique_hi;
 	double		waited_s;
 	int			n_checks;
@@ -400,9 +401,7 @@ GetStats(const Options *o, Stats *s, char *err, size_t errlen)
 
 /* ---------- verification ---------- */
 
-static void
-AddCheck(Verify *v, bool ok, const char *fmt,...)
-			__attribute__((format(printf, 3, 4)));
+static void AddCheck(Verify *v, bool ok, const char *fmt,...) __attribute__((format(printf, 3, 4)));
 
 static void
 AddCheck(Verify *v, bool ok, const char *fmt,...)
@@ -510,7 +509,8 @@ VerifyAfter(const Options *o, const AggrRun *run, Verify *v)
 		drained = v->after.queue_depth <= 0;
 		d_received = v->after.received - v->before.received;
 		if (drained && d_received >= v->received_hi)
-			break;				/* all our events are counted: nothing more can come */
+			break;				/* all our events are counted: nothing more
+								 * can come */
 		if (drained && d_received >= v->received_lo && now - stable_since >= SETTLE_MS)
 			break;
 		if (drained && now - stable_since >= SETTLE_MISSING_MS)
@@ -807,10 +807,9 @@ main(int argc, char **argv)
 	}
 
 	run.stream = &stream;
-	run.policy = (AggrRetryPolicy)
-	{
-		AGGR_RETRY_BASE_MS, AGGR_RETRY_CAP_MS, o.max_retry_s * 1000
-	};
+	run.policy.base_ms = AGGR_RETRY_BASE_MS;
+	run.policy.cap_ms = AGGR_RETRY_CAP_MS;
+	run.policy.give_up_ms = o.max_retry_s * 1000;
 	run.concurrency = o.concurrency;
 	run.rate_per_s = o.rate;
 	run.timeout_ms = o.timeout_s * 1000;

@@ -35,7 +35,8 @@ typedef enum AggrOutcome
 	AGGR_OUTCOME_PENDING,
 	AGGR_OUTCOME_ACKED,			/* in a request answered 2xx */
 	AGGR_OUTCOME_FAILED,		/* definitively not applied */
-	AGGR_OUTCOME_UNKNOWN		/* some attempt may or may not have been applied */
+	AGGR_OUTCOME_UNKNOWN		/* some attempt may or may not have been
+								 * applied */
 } AggrOutcome;
 
 typedef struct AggrBatchState

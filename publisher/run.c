@@ -171,7 +171,10 @@ AggrRunFinished(AggrRun *run, int b, AggrAttempt attempt, double now_ms,
 	delay = AggrRetryRecord(st, &run->policy, attempt, now_ms, retry_after_ms, &run->rng);
 	if (delay >= 0)
 	{
-		/* the whole run backs off with this batch: no new request before its retry */
+		/*
+		 * the whole run backs off with this batch: no new request before its
+		 * retry
+		 */
 		run->waiting[run->n_waiting++] = b;
 		if (st->due_ms > run->hold_until_ms)
 			run->hold_until_ms = st->due_ms;

@@ -16,7 +16,8 @@
 typedef enum AggrProgressMode
 {
 	AGGR_PROGRESS_NONE,
-	AGGR_PROGRESS_TTY,			/* one line redrawn in place, at most 4 per second */
+	AGGR_PROGRESS_TTY,			/* one line redrawn in place, at most 4 per
+								 * second */
 	AGGR_PROGRESS_LINES			/* a plain line every few seconds */
 } AggrProgressMode;
 
@@ -34,7 +35,8 @@ typedef struct AggrRun
 	const AggrStream *stream;
 	AggrRetryPolicy policy;
 	int			concurrency;
-	long		rate_per_s;		/* new batches paced to this many events/s; 0 = no pacing */
+	long		rate_per_s;		/* new batches paced to this many events/s; 0
+								 * = no pacing */
 	double		timeout_ms;		/* one request, connection included */
 	const char *token;			/* bearer token, or NULL */
 	AggrProgressMode progress;

@@ -77,7 +77,8 @@ BuildHeaders(const char *token, bool json_body)
 	if (json_body)
 	{
 		headers = curl_slist_append(headers, "Content-Type: application/json");
-		headers = curl_slist_append(headers, "Expect:");	/* no 100-continue round trip */
+		headers = curl_slist_append(headers, "Expect:");	/* no 100-continue round
+															 * trip */
 	}
 	if (token)
 	{

@@ -160,6 +160,9 @@ Connect(const AggrRedisTarget *t, double timeout_ms, bool *refused, char *err, s
 {
 	redisContext *c = redisConnectWithTimeout(t->host, t->port, Timeval(timeout_ms < 5000 ? timeout_ms : 5000));
 	char		db[16];
+	const char *auth_user[] = {"AUTH", t->user, t->password};
+	const char *auth[] = {"AUTH", t->password};
+	const char *select[] = {"SELECT", db};
 
 	*refused = false;
 	if (c == NULL || c->err)
@@ -175,9 +178,9 @@ Connect(const AggrRedisTarget *t, double timeout_ms, bool *refused, char *err, s
 	snprintf(db, sizeof(db), "%d", t->db);
 	if ((t->password[0] &&
 		 !(t->user[0]
-		   ? SetupCommand(c, 3, (const char *[]) {"AUTH", t->user, t->password}, err, errlen)
-		   : SetupCommand(c, 2, (const char *[]) {"AUTH", t->password}, err, errlen))) ||
-		(t->db != 0 && !SetupCommand(c, 2, (const char *[]) {"SELECT", db}, err, errlen)))
+		   ? SetupCommand(c, 3, auth_user, err, errlen)
+		   : SetupCommand(c, 2, auth, err, errlen))) ||
+		(t->db != 0 && !SetupCommand(c, 2, select, err, errlen)))
 	{
 		*refused = (c->err == 0);
 		redisFree(c);
@@ -191,11 +194,12 @@ AggrRedisPing(const AggrRedisTarget *target, double timeout_ms, char *err, size_
 {
 	bool		refused;
 	redisContext *c = Connect(target, timeout_ms, &refused, err, errlen);
+	const char *ping[] = {"PING"};
 	bool		ok;
 
 	if (c == NULL)
 		return false;
-	ok = SetupCommand(c, 1, (const char *[]) {"PING"}, err, errlen);
+	ok = SetupCommand(c, 1, ping, err, errlen);
 	redisFree(c);
 	return ok;
 }
@@ -271,7 +275,8 @@ AggrSendRedis(AggrRun *run, const AggrRedisTarget *target, const char *key)
 								"could not buffer the RPUSH command", NULL);
 				continue;
 			}
-			pipe[(head + n_pipe) % run->concurrency] = (InFlight) {b, now};
+			pipe[(head + n_pipe) % run->concurrency].batch = b;
+			pipe[(head + n_pipe) % run->concurrency].started_ms = now;
 			n_pipe++;
 		}
 		if (n_pipe == 0)

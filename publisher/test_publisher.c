@@ -29,9 +29,7 @@ static int	n_failed;
 
 #define CHECK(cond, ...) Check((cond), __LINE__, __VA_ARGS__)
 
-static void
-Check(bool ok, int line, const char *fmt,...)
-			__attribute__((format(printf, 3, 4)));
+static void Check(bool ok, int line, const char *fmt,...) __attribute__((format(printf, 3, 4)));
 
 static void
 Check(bool ok, int line, const char *fmt,...)
@@ -517,7 +515,9 @@ StartRun(AggrRun *run, const AggrStream *s, double give_up_ms, volatile sig_atom
 {
 	memset(run, 0, sizeof(*run));
 	run->stream = s;
-	run->policy = (AggrRetryPolicy) {100, 5000, give_up_ms};
+	run->policy.base_ms = 100;
+	run->policy.cap_ms = 5000;
+	run->policy.give_up_ms = give_up_ms;
 	run->concurrency = 3;
 	run->interrupted = stop;
 	AggrRunInit(run, 3);

@@ -117,14 +117,14 @@ static const AggrErrorMap error_map[] = {
 	{"55000", 503, false, false},	/* aggr not preloaded */
 	{"42883", 503, false, false},	/* extension not installed */
 	{"3F000", 503, false, false},	/* schema missing */
-	{"40001", 503, true, true},		/* serialization failure: retried */
-	{"40P01", 503, true, true},		/* deadlock: retried */
+	{"40001", 503, true, true}, /* serialization failure: retried */
+	{"40P01", 503, true, true}, /* deadlock: retried */
 	{"57P01", 503, true, false},	/* admin shutdown */
 	{"57P02", 503, true, false},	/* crash shutdown */
 	{"57P03", 503, true, false},	/* cannot connect now */
 	{"57014", 503, true, false},	/* statement cancelled */
-	{"53", 503, true, false},		/* queue full, insufficient resources */
-	{"08", 503, true, false},		/* broker or database unreachable */
+	{"53", 503, true, false},	/* queue full, insufficient resources */
+	{"08", 503, true, false},	/* broker or database unreachable */
 };
 
 static const AggrErrorMap default_error = {"XX000", 500, false, false};
@@ -420,9 +420,9 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 								   values, lengths, formats, 0);
 
 	/*
-	 * Collect every result, each wait bounded.  An error can follow the
-	 * rows (aggr_publish queues on the broker at commit, after its result
-	 * was sent): an error result wins.
+	 * Collect every result, each wait bounded.  An error can follow the rows
+	 * (aggr_publish queues on the broker at commit, after its result was
+	 * sent): an error result wins.
 	 */
 	while (sent)
 	{

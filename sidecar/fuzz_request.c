@@ -100,8 +100,7 @@ static const Outcome outcomes[] = {
 
 /* ---- failures ---- */
 
-static void
-Fail(const char *fmt,...) __attribute__((format(printf, 1, 2), noreturn));
+static void Fail(const char *fmt,...) __attribute__((format(printf, 1, 2), noreturn));
 
 static void
 Fail(const char *fmt,...)
@@ -141,7 +140,7 @@ typedef struct Input
 	const char *body;			/* what MHD would deliver as the body */
 	size_t		body_len;
 	bool		stalls;			/* Content-Length beyond what was sent */
-	char	   *text;			/* rest as a C string, for messages */
+	char	   *rest_text;		/* rest as a C string, for messages */
 } Input;
 
 static char *
@@ -200,7 +199,7 @@ ParseQuery(Input *in, const char *q, size_t len)
 }
 
 static const char *
-Lookup(const Pair *pairs, int n, const char *name)
+FindPair(const Pair *pairs, int n, const char *name)
 {
 	for (int i = 0; i < n; i++)
 		if (strcasecmp(pairs[i].key, name) == 0)
@@ -213,7 +212,7 @@ InputHeader(void *arg, const char *name)
 {
 	Input	   *in = arg;
 
-	return Lookup(in->headers, in->nheaders, name);
+	return FindPair(in->headers, in->nheaders, name);
 }
 
 static int
@@ -232,7 +231,7 @@ InputQuery(void *arg, const char *name)
 {
 	Input	   *in = arg;
 
-	return Lookup(in->args, in->nargs, name);
+	return FindPair(in->args, in->nargs, name);
 }
 
 /* a strict unsigned decimal, as MHD reads Content-Length; -1 if not one */
@@ -312,7 +311,7 @@ ParseInput(Input *in, const uint8_t *data, size_t size)
 	}
 	in->rest = pos;
 	in->rest_len = end - pos;
-	in->text = Dup(in->rest, in->rest_len);
+	in->rest_text = Dup(in->rest, in->rest_len);
 
 	/* the body as MHD frames it */
 	cl = InputHeader(in, "Content-Length");
@@ -352,7 +351,7 @@ FreeInput(Input *in)
 	}
 	free(in->method);
 	free(in->path);
-	free(in->text);
+	free(in->rest_text);
 }
 
 /* ---- the recorder in place of PostgreSQL ---- */
@@ -372,7 +371,7 @@ static Record rec;
 static const Input *current;
 
 static PGresult *
-Result(int ncols, const char *const *cells, int nrows)
+FakeResult(int ncols, const char *const *cells, int nrows)
 {
 	PGresult   *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
 	PGresAttDesc attrs[3];
@@ -424,7 +423,7 @@ MetricsResult(const Input *in)
 		cells[n * 3 + 2] = n == 3 ? NULL : "42";
 		n++;
 	}
-	res = Result(3, cells, n);
+	res = FakeResult(3, cells, n);
 	for (int i = 0; i < n; i++)
 		free(keys[i]);
 	return res;
@@ -435,7 +434,8 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 		 const int *formats, AggrDbError *err)
 {
 	static const int nparams[AGGR_NUM_STMTS] = {
-		[AGGR_STMT_PUBLISH] = 1, [AGGR_STMT_EVENTS] = 3,
+		[AGGR_STMT_PUBLISH] = 1,
+		[AGGR_STMT_EVENTS] = 3,
 	};
 	const Input *in = current;
 	char		count[24];
@@ -460,7 +460,7 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 		/* what db.c's SetError fills in, with untrusted bytes in it */
 		snprintf(err->sqlstate, sizeof(err->sqlstate), "%s",
 				 in->outcome->sqlstate);
-		err->message = AggrStrdup(in->text);
+		err->message = AggrStrdup(in->rest_text);
 		err->detail = in->variant_a ? NULL : AggrStrdup(in->path);
 		err->hint = in->variant_b ? AggrStrdup(in->method) : NULL;
 		return NULL;
@@ -475,7 +475,7 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 					in->variant_a ? "f" : "t", "3"
 				};
 
-				return Result(3, cells, 1);
+				return FakeResult(3, cells, 1);
 			}
 		case AGGR_STMT_EVENTS:
 			{
@@ -486,19 +486,19 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 						 atoll(values[1]) - (in->variant_a ? 0 : 1));
 				if (in->variant_b)
 					cells[1] = NULL;	/* no rows: max(seq) is NULL */
-				return Result(3, cells, 1);
+				return FakeResult(3, cells, 1);
 			}
 		case AGGR_STMT_STATS:
 			{
 				const char *cells[1] = {stats_json};
 
-				return Result(1, cells, 1);
+				return FakeResult(1, cells, 1);
 			}
 		case AGGR_STMT_HEALTH:
 			{
 				const char *cells[2] = {health_json, in->variant_a ? "f" : "t"};
 
-				return Result(2, cells, 1);
+				return FakeResult(2, cells, 1);
 			}
 		case AGGR_STMT_METRICS:
 			return MetricsResult(in);
@@ -711,9 +711,9 @@ JsonValue(Json *j, int depth, bool *is_string)
 
 /* the whole text is one JSON object with a string under key */
 static bool
-JsonObjectWithString(const char *text, size_t len, const char *key)
+JsonObjectWithString(const char *json, size_t len, const char *key)
 {
-	Json		j = {text, text + len};
+	Json		j = {json, json + len};
 	bool		found = false;
 
 	JsonSpace(&j);
@@ -732,14 +732,14 @@ MetricNameChar(char c, bool first)
 
 /* Prometheus text exposition: comments, or name{label="v",...} value */
 static void
-CheckMetricsText(const char *text, size_t len)
+CheckMetricsText(const char *body, size_t len)
 {
-	const char *pos = text;
-	const char *end = text + len;
+	const char *pos = body;
+	const char *end = body + len;
 	const char *line;
 	size_t		n;
 
-	if (len == 0 || text[len - 1] != '\n')
+	if (len == 0 || body[len - 1] != '\n')
 		Fail("metrics text does not end with a newline");
 	while ((line = NextLine(&pos, end, &n)) != NULL)
 	{
@@ -863,8 +863,10 @@ static AggrRoute
 ModelRoute(const char *path)
 {
 	static const char *const paths[] = {
-		[AGGR_ROUTE_PUBLISH] = "/publish", [AGGR_ROUTE_EVENTS] = "/events",
-		[AGGR_ROUTE_STATS] = "/stats", [AGGR_ROUTE_HEALTHZ] = "/healthz",
+		[AGGR_ROUTE_PUBLISH] = "/publish",
+		[AGGR_ROUTE_EVENTS] = "/events",
+		[AGGR_ROUTE_STATS] = "/stats",
+		[AGGR_ROUTE_HEALTHZ] = "/healthz",
 		[AGGR_ROUTE_METRICS] = "/metrics",
 	};
 

@@ -325,8 +325,8 @@ main(int argc, char **argv)
 	ParseArgs(argc, argv, &addr);
 
 	/*
-	 * Large bodies and results are mmap'd and given back on free, so that
-	 * the resident size returns to its floor after a burst.
+	 * Large bodies and results are mmap'd and given back on free, so that the
+	 * resident size returns to its floor after a burst.
 	 */
 	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	mallopt(M_ARENA_MAX, 2);

@@ -320,7 +320,7 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 /* ---- GET /stats, GET /healthz ---- */
 
 static void
-Stats(AggrRequest *req, AggrDbExecFunc exec)
+ServeStats(AggrRequest *req, AggrDbExecFunc exec)
 {
 	AggrDbError err = {0};
 	PGresult   *res = exec(AGGR_STMT_STATS, NULL, NULL, NULL, &err);
@@ -545,7 +545,7 @@ AggrRequestRun(AggrRequest *req, AggrDbExecFunc exec)
 			Events(req, exec);
 			break;
 		case AGGR_ROUTE_STATS:
-			Stats(req, exec);
+			ServeStats(req, exec);
 			break;
 		case AGGR_ROUTE_HEALTHZ:
 			Healthz(req, exec);

@@ -80,8 +80,8 @@ TestEscaping(void)
 	CheckJson("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
 	CheckJson("a\xff" "b", "\"a\\ufffdb\"");
 	CheckJson("\xc0\xaf", "\"\\ufffd\\ufffd\"");	/* overlong '/' */
-	CheckJson("\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"");	/* surrogate */
-	CheckJson("\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""); /* > U+10FFFF */
+	CheckJson("\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""); /* surrogate */
+	CheckJson("\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");	/* > U+10FFFF */
 	CheckJson("end\xe2\x82", "\"end\\ufffd\\ufffd\"");	/* truncated */
 
 	CheckUrl("orders", "orders");

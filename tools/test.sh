@@ -1,84 +1,125 @@
 #!/usr/bin/env bash
-# test.sh (make test): installs what is missing, builds and installs aggr, then
-# runs pg_regress, the isolation specs, the program unit tests and the TAP
-# suite on throwaway servers, as an unprivileged user, from a temp copy of the
-# tree (CI's clone may sit where that user cannot read).  Removes everything it
-# started, whatever the outcome; exits non-zero on any failure.
-# `test.sh faults` (make faults) runs the full fault suite instead.
+# test.sh (make test): installs what is missing, builds PostgreSQL 18 with
+# assertions once (tools/pg18.sh caches it), then for each tested major (15
+# from Debian, 18) builds and installs aggr with `make` and `make install`
+# (the targets Dockerfile.postgres runs) and runs, as an unprivileged user,
+# from a temp copy of the tree (CI's clone may sit where that user cannot read):
+#   - make installcheck (pg_regress + isolation) against a stock server, then
+#     against the same server with aggr preloaded;
+#   - the TAP suite (all of it on 15; stock, direct, broker and sidecar on 18);
+# and, once: the program unit tests, make demo twice, the fuzz smoke, the
+# ASan/UBSan runs, and the pgindent check.  Removes everything it started,
+# whatever the outcome; exits non-zero on any failure.
+# `test.sh faults` (make faults) runs the full fault suite instead (on 15).
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 . "$src/tools/deps.sh"
 aggr_install_deps || exit 1
-export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-bindir=$("$PG_CONFIG" --bindir)
-
 started=$(date +%s)
-make -C "$src" -s -j2 PG_CONFIG="$PG_CONFIG" || exit 1
-# the sanitizer builds and the fuzz harnesses (clang: see sidecar/Makefile)
-make -C "$src/sidecar" -s asan fuzz_request || exit 1
-make -C "$src/publisher" -s asan fuzz_json || exit 1
-if [ "$(id -u)" -eq 0 ]; then
-    make -C "$src" -s install PG_CONFIG="$PG_CONFIG" >/dev/null || exit 1
-fi
+
+pg15=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+pg18=$(bash "$src/tools/pg18.sh") || exit 1
 
 work=$(mktemp -d /tmp/aggr-test.XXXXXX)
 runner=$(id -un)
 if [ "$(id -u)" -eq 0 ]; then runner=postgres; fi
-cleanup() {
-    if [ -f "$work/data/postmaster.pid" ]; then
-        as_runner "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 as_runner() {
     if [ "$runner" = "$(id -un)" ]; then "$@"; else runuser -u "$runner" -- "$@"; fi
 }
-
-tree="$work/tree"
-mkdir "$tree"
-tar -C "$src" --exclude=.git -cf - . | tar -C "$tree" -xf -
-chown -R "$runner" "$work"
+cleanup() {
+    for data in "$work"/data*; do
+        [ -f "$data/postmaster.pid" ] || continue
+        as_runner "$(cat "$data.bindir")/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
 chmod 755 "$work"
 
-# a throwaway cluster for pg_regress and the isolation specs
-port=$(perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die; print $s->sockport')
-as_runner "$bindir/initdb" -D "$work/data" -A trust -U postgres --no-sync >/dev/null || exit 1
-cat >> "$work/data/postgresql.conf" <<CONF
-port = $port
+# A copy of the tree for one major, built and (as root) installed into it by
+# the same make targets a user and Dockerfile.postgres run.
+build_tree() {
+    local major=$1 pg_config=$2 tree=$work/tree$1
+    mkdir "$tree"
+    tar -C "$src" --exclude=.git -cf - . | tar -C "$tree" -xf -
+    make -C "$tree" -s clean PG_CONFIG="$pg_config" >/dev/null 2>&1
+    make -C "$tree" -s -j2 PG_CONFIG="$pg_config" || return 1
+    if [ "$(id -u)" -eq 0 ]; then
+        make -C "$tree" -s install PG_CONFIG="$pg_config" >/dev/null || return 1
+    fi
+    chown -R "$runner" "$tree"
+}
+build_tree 15 "$pg15" || exit 1
+build_tree 18 "$pg18" || exit 1
+# the sanitizer builds and the fuzz harnesses (clang: see sidecar/Makefile)
+as_runner make -C "$work/tree15/sidecar" -s asan fuzz_request || exit 1
+as_runner make -C "$work/tree15/publisher" -s asan fuzz_json || exit 1
+
+free_port() {
+    perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1) or die; print $s->sockport'
+}
+
+# A throwaway stock cluster of one major for make installcheck: no aggr.* and
+# no shared_preload_libraries, as a user's server after initdb.
+start_cluster() {
+    local major=$1 bindir data=$work/data$1
+    bindir=$("$2" --bindir)
+    echo "$bindir" > "$data.bindir"
+    as_runner "$bindir/initdb" -D "$data" -A trust -U postgres --no-sync >/dev/null || return 1
+    cat >> "$data/postgresql.conf" <<CONF
+port = $(free_port)
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$work'
-shared_preload_libraries = 'aggr'
 fsync = off
 max_connections = 50
 CONF
-as_runner "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null || { cat "$work/postgres.log"; exit 1; }
+    as_runner "$bindir/pg_ctl" -D "$data" -l "$data.log" -w start >/dev/null || { cat "$data.log"; return 1; }
+}
+preload_cluster() {
+    local data=$work/data$1
+    echo "shared_preload_libraries = 'aggr'" >> "$data/postgresql.conf"
+    as_runner "$(cat "$data.bindir")/pg_ctl" -D "$data" -l "$data.log" -w restart >/dev/null || { cat "$data.log"; return 1; }
+}
 
 passed=0 failed=0
+# suite MAJOR NAME CMD...: runs CMD in that major's tree against its cluster
 suite() {
-    local name=$1; shift
-    echo "=== $name"
+    local major=$1 name=$2 pg_config tree=$work/tree$1 port
+    shift 2
+    pg_config=$([ "$major" = 18 ] && echo "$pg18" || echo "$pg15")
+    port=$(sed -n 's/^port = //p' "$work/data$major/postgresql.conf" 2>/dev/null | tail -n 1)
+    echo "=== PostgreSQL $major: $name"
     if as_runner env -C "$tree" PGHOST="$work" PGPORT="$port" PGUSER=postgres \
-            PATH="$bindir:$PATH" AGGR_SIDECAR="$tree/sidecar/aggr-sidecar" \
+            PG_CONFIG="$pg_config" PATH="$("$pg_config" --bindir):$PATH" \
+            AGGR_SIDECAR="$tree/sidecar/aggr-sidecar" \
             AGGR_PUBLISHER="$tree/publisher/aggr-publisher" "$@"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
-        echo "=== $name FAILED"
-        find "$tree" -name regression.diffs -exec cat {} \; 2>/dev/null | head -300
+        echo "=== PostgreSQL $major: $name FAILED"
+        find "$tree" -name regression.diffs -exec cat {} \; -delete 2>/dev/null | head -300
     fi
 }
+installcheck() { suite "$1" "make installcheck ($2)" make -s installcheck PG_CONFIG="$3" TAP_TESTS=; }
 
 if [ "${1:-}" = faults ]; then
     # make faults: the full fault suite alone, every scenario line shown
-    suite "fault suite (full)" env FAULTS_FULL=1 make -s installcheck-tap PG_CONFIG="$PG_CONFIG" \
+    suite 15 "fault suite (full)" env FAULTS_FULL=1 make -s installcheck-tap \
         PROVE_TESTS=t/070_faults.pl PROVE_FLAGS=-v
 else
-    suite "pg_regress and isolation" make -s installcheck PG_CONFIG="$PG_CONFIG" TAP_TESTS=
-    suite "sidecar unit tests" make -s -C sidecar check
-    suite "publisher unit tests" make -s -C publisher check
-    suite "TAP end-to-end" make -s installcheck-tap PG_CONFIG="$PG_CONFIG"
-    suite "make demo, twice (13,000 unique, then all duplicates)" bash -c '
+    for major in 15 18; do
+        pg_config=$([ "$major" = 18 ] && echo "$pg18" || echo "$pg15")
+        start_cluster "$major" "$pg_config" || exit 1
+        installcheck "$major" "stock server, aggr not preloaded" "$pg_config"
+        preload_cluster "$major" || exit 1
+        installcheck "$major" "aggr preloaded" "$pg_config"
+    done
+    suite 18 "TAP: stock server, direct, broker, sidecar" make -s installcheck-tap \
+        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/040_sidecar.pl"
+    suite 15 "TAP end-to-end" make -s installcheck-tap
+    suite 15 "sidecar unit tests" make -s -C sidecar check
+    suite 15 "publisher unit tests" make -s -C publisher check
+    suite 15 "make demo, twice (13,000 unique, then all duplicates)" bash -c '
         d=$(mktemp -d)
         export AGGR_DEMO_DIR=$d/demo
         export AGGR_HTTP_PORT=$(perl -MIO::Socket::INET -e "print IO::Socket::INET->new(LocalAddr => q(127.0.0.1), LocalPort => 0, Listen => 1)->sockport")
@@ -87,9 +128,10 @@ else
         bash tools/demo.sh clean
         rm -rf "$d"
         exit $rc'
-    suite "fuzz smoke (30 s per harness)" bash tools/fuzz.sh 30
-    suite "sidecar under ASan/UBSan (t/040)" bash tools/asan-tap.sh sidecar t/040_sidecar.pl
-    suite "publisher under ASan/UBSan (t/050)" bash tools/asan-tap.sh publisher t/050_publisher_redis.pl
+    suite 15 "fuzz smoke (30 s per harness)" bash tools/fuzz.sh 30
+    suite 15 "sidecar under ASan/UBSan (t/040)" bash tools/asan-tap.sh sidecar t/040_sidecar.pl
+    suite 15 "publisher under ASan/UBSan (t/050)" bash tools/asan-tap.sh publisher t/050_publisher_redis.pl
+    suite 18 "C code is pgindent-clean (make indent fixes it)" bash tools/indent.sh --check
 fi
 
 echo "make test took $(( $(date +%s) - started )) s"
