@@ -25,6 +25,7 @@ ISOLATION = ingest_race stats_race
 TAP_TESTS = 1
 
 # Our code is warning-free; PostgreSQL's headers trip -Wextra's noisier checks.
+PG_CPPFLAGS = -DAGGR_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare -Wno-cast-function-type
 SHLIB_LINK = -lhiredis
@@ -35,6 +36,9 @@ include $(PGXS)
 
 extension/aggr--$(EXTVERSION).sql: extension/aggr.sql
 	cp $< $@
+
+# the module's version (PG_MODULE_MAGIC_EXT) comes from aggr.control
+extension/aggr.o: aggr.control
 
 BINDIR ?= /usr/local/bin
 

@@ -19,7 +19,12 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+/* 18 and later show the module's name and version in pg_get_loaded_modules() */
+#ifdef PG_MODULE_MAGIC_EXT
+PG_MODULE_MAGIC_EXT(.name = "aggr",.version = AGGR_VERSION);
+#else
 PG_MODULE_MAGIC;
+#endif
 
 void		_PG_init(void);
 

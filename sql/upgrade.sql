@@ -33,6 +33,10 @@ LANGUAGE sql AS $$
     FROM pg_depend d
     JOIN pg_extension e ON e.oid = d.refobjid
     WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'aggr'
+      -- a table's row type and array type come with the table (18 lists them as members)
+      AND NOT EXISTS (SELECT FROM pg_type t
+                      WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+                        AND (t.typrelid <> 0 OR t.typelem <> 0))
 $$;
 
 CREATE EXTENSION aggr VERSION '0.1';

@@ -30,6 +30,14 @@ my $health = decode_json($node->safe_psql('postgres', 'SELECT aggr_health()'));
 is($health->{status}, 'ok', 'stock, direct: healthy');
 is($health->{mode}, 'direct', 'stock, direct: mode direct');
 ok(!$health->{preloaded}, 'stock: not preloaded');
+if ($node->safe_psql('postgres', 'SHOW server_version_num') >= 180000)
+{
+    is($node->safe_psql('postgres',
+        q{SELECT FROM aggr_health();
+          SELECT module_name || ' ' || version FROM pg_get_loaded_modules() WHERE file_name = 'aggr.so'}),
+        $node->safe_psql('postgres', q{SELECT 'aggr ' || default_version FROM pg_available_extensions WHERE name = 'aggr'}),
+        'PostgreSQL 18 knows the loaded module by name and version');
+}
 
 # a broker asked for without the preload: 55000 with a hint, and the session lives
 my $redis = start_redis();

@@ -1,7 +1,8 @@
 # docker-compose.yml and Dockerfile.postgres, checked without a Docker engine:
 # the compose file parses as YAML (Debian's python3-yaml), has the replaced
 # service's four services and volumes, every aggr.* setting it passes exists and
-# takes the value it is given, and every program flag it uses is accepted.
+# takes the value it is given, and every program flag it uses is accepted; the
+# image is a major make test runs, built by the make targets make test runs.
 use strict;
 use warnings;
 
@@ -39,6 +40,36 @@ for my $var (qw(WORKER_COUNT QUEUE_MAXSIZE QUEUE_POLL_INTERVAL BROKER_URL BROKER
 {
     like(join(' ', @{ $compose->{services}{storage}{command} }), qr/\$\{$var:-/, "$var maps onto a setting");
 }
+
+# the image: a tested major, built the way make test builds (tools/test.sh)
+my $dockerfile = slurp_file("$repo/Dockerfile.postgres");
+my ($image_major) = $dockerfile =~ /^FROM postgres:(\d+)\s*$/m;
+is($image_major, 18, 'the image is PostgreSQL 18, a major make test runs');
+my @image_pg_config = $dockerfile =~ m{PG_CONFIG=(\S+)}g;
+ok(@image_pg_config >= 2, 'the image passes PG_CONFIG to every make');
+is($_, "/usr/lib/postgresql/$image_major/bin/pg_config", "the image builds against $image_major") for @image_pg_config;
+like($dockerfile, qr/postgresql-server-dev-$image_major\b/, "the image installs the headers of $image_major");
+sub make_targets
+{
+    my ($text) = @_;
+    my %targets;
+    for my $line (grep { !/^\s*#/ } split /\n/, $text)
+    {
+        for my $call ($line =~ /\bmake\s+([^&|;>\n]*)/g)
+        {
+            my @words = grep { !/^-|=|^"|^\/|^\\$/ } split ' ', $call;
+            $targets{ $words[0] // 'all' } = 1;
+        }
+    }
+    return join(' ', sort keys %targets);
+}
+my ($build_tree) = slurp_file("$repo/tools/test.sh") =~ /^build_tree\(\) \{\n(.*?)^\}/ms;
+ok($build_tree, 'tools/test.sh builds each major in build_tree');
+is(make_targets($dockerfile), make_targets($build_tree =~ s/^.*clean.*$//mr),
+    'the image runs the make targets make test runs');
+my @mounts = @{ $compose->{services}{storage}{volumes} };
+is_deeply(\@mounts, ['pg_data:/var/lib/postgresql'],
+    'the data volume is where the 18 image keeps PGDATA (/var/lib/postgresql/18/docker)');
 
 my $node = new_node('compose', map { $_ eq 'shared_preload_libraries' ? () : ($_ => $settings{$_}) } keys %settings);
 for my $name (sort keys %settings)

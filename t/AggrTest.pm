@@ -385,12 +385,15 @@ sub check_invariants
     my ($node, $name, %expect) = @_;
     my $s    = stats($node);
     my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');
-    my $per_topic = $node->safe_psql('postgres',
-        "SELECT coalesce(string_agg(topic || '=' || n, ' ' ORDER BY topic), '') FROM
-           (SELECT topic, count(*) AS n FROM aggr.events GROUP BY topic) t");
+    # the topics whose count in aggr_stats() is not their rows'
+    my $off_topics = $node->safe_psql('postgres',
+        q{SELECT count(*) FROM
+            (SELECT t ->> 'topic' AS topic, (t ->> 'count')::bigint AS n
+               FROM jsonb_array_elements(aggr_stats() -> 'topics') t) s
+            FULL JOIN (SELECT topic, count(*) AS n FROM aggr.events GROUP BY topic) r USING (topic)
+          WHERE s.n IS DISTINCT FROM r.n});
     is($s->{unique_processed}, $rows, "$name: unique_processed = count(*)");
-    is(join(' ', map { "$_->{topic}=$_->{count}" } @{ $s->{topics} }), $per_topic,
-        "$name: each topic's count = its rows");
+    is($off_topics, 0, "$name: each topic's count = its rows");
     is($s->{received}, $s->{unique_processed} + $s->{duplicate_dropped},
         "$name: received = unique + duplicates");
     is($s->{received}, $expect{received}, "$name: received")

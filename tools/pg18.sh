@@ -6,11 +6,14 @@
 #   bash tools/pg18.sh            build if needed, print PG_CONFIG
 #   bash tools/pg18.sh --srcdir   print the cached source tree (pgindent lives there)
 #
-# Cache: $AGGR_CACHE (default /var/cache/aggr as root, ~/.cache/aggr otherwise).
+# Cache: $AGGR_CACHE (default /var/cache/aggr, or ~/.cache/aggr for a non-root
+# user when /var/cache/aggr holds nothing).
 # Needs root only to add the deb-src entry and install build packages once.
 set -euo pipefail
 flags="--enable-cassert --enable-debug --enable-tap-tests --without-icu --without-readline"
-if [ "$(id -u)" -eq 0 ]; then
+# (a non-root user reads root's cache when there is one: make test runs its
+# suites, make indent included, as the user postgres)
+if [ "$(id -u)" -eq 0 ] || [ -d /var/cache/aggr/src ]; then
     cache=${AGGR_CACHE:-/var/cache/aggr}
 else
     cache=${AGGR_CACHE:-$HOME/.cache/aggr}
