@@ -20,7 +20,7 @@ else
 fi
 # the newest cached upstream tarball of 18 (Debian's .orig.tar.bz2 is upstream's)
 cached_tarball() {
-    ls "$cache"/src/postgresql-18_18.*.orig.tar.bz2 2>/dev/null | sort -V | tail -n 1
+    { ls "$cache"/src/postgresql-18_18.*.orig.tar.bz2 2>/dev/null || true; } | sort -V | tail -n 1
 }
 
 tarball=$(cached_tarball)
@@ -43,7 +43,8 @@ EOF
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
     mkdir -p "$cache/src"
-    (cd "$cache/src" && apt-get source --download-only postgresql-18 >/dev/null 2>&1)
+    (cd "$cache/src" && apt-get source --download-only postgresql-18 >"$cache/src/download.log" 2>&1) ||
+        { cat "$cache/src/download.log" >&2; exit 1; }
     tarball=$(cached_tarball)
     [ -n "$tarball" ] || { echo "aggr: apt-get source postgresql-18 gave no tarball" >&2; exit 1; }
 fi

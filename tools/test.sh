@@ -18,7 +18,7 @@ aggr_install_deps || exit 1
 started=$(date +%s)
 
 pg15=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-pg18=$(bash "$src/tools/pg18.sh") || exit 1
+pg18=$(bash "$src/tools/pg18.sh") || { echo "make test: could not build PostgreSQL 18 (tools/pg18.sh)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/aggr-test.XXXXXX)
 runner=$(id -un)
