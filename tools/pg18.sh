@@ -67,6 +67,9 @@ mkdir -p "$cache/$key"
 echo "aggr: building PostgreSQL $version with assertions into $prefix (log: $log)" >&2
 started=$(date +%s)
 
+# Run from make test, this inherits the outer make's MAKELEVEL; PostgreSQL's
+# makefiles build the generated headers only at level 0, so start afresh.
+unset MAKELEVEL MAKEFLAGS MFLAGS
 rm -rf "$srcdir" "$prefix"
 tar -C "$cache/$key" -xjf "$tarball"
 cd "$srcdir"
