@@ -788,7 +788,8 @@ AggrConsumerMain(Datum main_arg)
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
 #endif
-	ereport(LOG, (errmsg("aggr consumer %d started on queue \"%s\"", my_slot, aggr_queue_key)));
+	ereport(LOG, (errmsg("aggr consumer %d started on queue \"%s\" at %s", my_slot, aggr_queue_key,
+						 AggrBrokerUrlForDisplay())));
 
 	for (;;)
 	{

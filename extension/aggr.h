@@ -90,6 +90,7 @@ extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
 /* broker.c */
 struct redisContext;
 extern struct redisContext *AggrRedisConnect(char **error);
+extern char *AggrBrokerUrlForDisplay(void);
 extern void AggrBrokerInit(void);
 extern void AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len);
 extern bool AggrBrokerConfigured(void);

@@ -75,6 +75,30 @@ AggrEnvelopesKey(void)
 }
 
 /*
+ * aggr.broker_url as it may be shown in messages, logs and aggr_health():
+ * the password masked (redis://user:***@host:port/db).  A URL that is not
+ * redis:// is not echoed at all, since where its password is cannot be told.
+ */
+char *
+AggrBrokerUrlForDisplay(void)
+{
+	const char *url = aggr_broker_url ? aggr_broker_url : "";
+	const char *rest;
+	const char *at;
+	const char *colon;
+
+	if (strncmp(url, "redis://", 8) != 0)
+		return pstrdup("(not a redis:// URL)");
+	rest = url + 8;
+	if ((at = strrchr(rest, '@')) == NULL)
+		return pstrdup(url);
+	colon = memchr(rest, ':', at - rest);
+	if (colon == NULL)			/* redis://password@host */
+		return psprintf("redis://***@%s", at + 1);
+	return psprintf("redis://%.*s:***@%s", (int) (colon - rest), rest, at + 1);
+}
+
+/*
  * Connects to aggr.broker_url with bounded connect and command timeouts.
  * Returns NULL and a message on failure; never raises.
  */
@@ -97,7 +121,7 @@ AggrRedisConnect(char **error)
 
 	if (strncmp(host, "redis://", 8) != 0)
 	{
-		*error = psprintf("aggr.broker_url must start with redis://, not \"%s\"", aggr_broker_url);
+		*error = pstrdup("aggr.broker_url must be a redis:// URL");
 		return NULL;
 	}
 	host += 8;

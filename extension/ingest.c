@@ -264,6 +264,13 @@ Publish(Jsonb *request, const char *json, int len)
 		return AggrIngestResultJsonb(&result, batch.nevents, true);
 	}
 	AggrIngestBatch(&batch, &result);
+
+	/*
+	 * The answer is an acknowledgement: the commit that follows is flushed to
+	 * disk even where synchronous_commit is off (the server's, the role's or
+	 * the session's setting).
+	 */
+	ForceSyncCommit();
 	return AggrIngestResultJsonb(&result, batch.nevents, false);
 }
 

@@ -375,23 +375,44 @@ TokenToInt64(const char *p, const char *end, int64_t *value)
 	return true;
 }
 
-AggrJsonResult
-AggrJsonGetInt(const char *json, size_t len, const char *key, int64_t *value)
+/* Validates the whole document and finds key's value among the top level's. */
+static AggrJsonResult
+FindTopLevel(const char *json, size_t len, Lookup *lookup)
 {
 	Scanner		s = {json, json + len};
-	Lookup		lookup = {key, strlen(key), NULL, NULL};
 
 	if (json == NULL)
 		return AGGR_JSON_MALFORMED;
 	SkipWhitespace(&s);
-	if (s.p >= s.end || *s.p != '{' || !ScanContainer(&s, 0, &lookup))
+	if (s.p >= s.end || *s.p != '{' || !ScanContainer(&s, 0, lookup))
 		return AGGR_JSON_MALFORMED;
 	SkipWhitespace(&s);
 	if (s.p != s.end)
 		return AGGR_JSON_MALFORMED; /* trailing bytes */
-	if (lookup.found == NULL)
+	if (lookup->found == NULL)
 		return AGGR_JSON_ABSENT;
+	return AGGR_JSON_OK;
+}
+
+AggrJsonResult
+AggrJsonGetInt(const char *json, size_t len, const char *key, int64_t *value)
+{
+	Lookup		lookup = {key, strlen(key), NULL, NULL};
+	AggrJsonResult result = FindTopLevel(json, len, &lookup);
+
+	if (result != AGGR_JSON_OK)
+		return result;
 	if (!TokenToInt64(lookup.found, lookup.found_end, value))
 		return AGGR_JSON_WRONG_TYPE;
 	return AGGR_JSON_OK;
+}
+
+bool
+AggrJsonFieldIs(const char *json, size_t len, const char *key, const char *literal)
+{
+	Lookup		lookup = {key, strlen(key), NULL, NULL};
+
+	return FindTopLevel(json, len, &lookup) == AGGR_JSON_OK &&
+		(size_t) (lookup.found_end - lookup.found) == strlen(literal) &&
+		memcmp(lookup.found, literal, strlen(literal)) == 0;
 }

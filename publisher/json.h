@@ -6,6 +6,7 @@
 #ifndef AGGR_JSON_H
 #define AGGR_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,5 +31,12 @@ typedef enum AggrJsonResult
  */
 extern AggrJsonResult AggrJsonGetInt(const char *json, size_t len,
 									 const char *key, int64_t *value);
+
+/*
+ * True when json[0..len) is one well-formed object whose top-level key holds
+ * exactly the JSON text literal (say "\"unknown\"", quotes included).
+ */
+extern bool AggrJsonFieldIs(const char *json, size_t len, const char *key,
+							const char *literal);
 
 #endif							/* AGGR_JSON_H */

@@ -11,8 +11,9 @@
  *
  * The outcome follows what the server may have done, for the ledger that
  * the fault suite checks: acked if an attempt was answered 2xx; otherwise
- * unknown if any attempt may have been applied (5xx other than 503, or the
- * connection lost after the whole request was sent); otherwise failed.
+ * unknown if any attempt may have been applied (5xx other than 503, an
+ * answer saying "outcome": "unknown", or the connection lost after the whole
+ * request was sent); otherwise failed.
  */
 #include <stdio.h>
 #include <string.h>
@@ -37,13 +38,19 @@ AggrOutcomeName(AggrOutcome outcome)
 	return "pending";
 }
 
+/*
+ * outcome_unknown: the answer said "outcome": "unknown" (aggr-sidecar lost
+ * the database while the statement ran, so it may have committed).
+ */
 AggrAttempt
-AggrClassifyHttp(long status, bool transport_error, bool body_sent)
+AggrClassifyHttp(long status, bool transport_error, bool body_sent, bool outcome_unknown)
 {
 	if (transport_error)
 		return body_sent ? AGGR_ATTEMPT_MAYBE_APPLIED : AGGR_ATTEMPT_NOT_APPLIED;
 	if (status >= 200 && status <= 299)
 		return AGGR_ATTEMPT_ACKED;
+	if (outcome_unknown)
+		return AGGR_ATTEMPT_MAYBE_APPLIED;
 	if (status == 429 || status == 503)
 		return AGGR_ATTEMPT_NOT_APPLIED;
 	if (status >= 500 && status <= 599)

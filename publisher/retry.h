@@ -55,7 +55,8 @@ extern const char *AggrOutcomeName(AggrOutcome outcome);
  * Classify an HTTP attempt: transport_error when no status was received,
  * body_sent when the whole request left this side.
  */
-extern AggrAttempt AggrClassifyHttp(long status, bool transport_error, bool body_sent);
+extern AggrAttempt AggrClassifyHttp(long status, bool transport_error, bool body_sent,
+									bool outcome_unknown);
 
 /* Classify a Redis error reply (the command was not executed). */
 extern AggrAttempt AggrClassifyRedisError(const char *message);

@@ -210,7 +210,10 @@ FinishRequest(AggrRun *run, CURLM *multi, Slot *slot, CURLcode rc, double now_ms
 	curl_multi_remove_handle(multi, slot->easy);
 
 	attempt = AggrClassifyHttp(status, rc != CURLE_OK,
-							   uploaded >= (curl_off_t) batch->length);
+							   uploaded >= (curl_off_t) batch->length,
+							   rc == CURLE_OK &&
+							   AggrJsonFieldIs(slot->answer.data, slot->answer.len,
+											   "outcome", "\"unknown\""));
 	if (rc != CURLE_OK)
 		TransportError(rc, slot->error, error, sizeof(error));
 	else if (attempt != AGGR_ATTEMPT_ACKED)

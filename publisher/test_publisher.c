@@ -486,20 +486,32 @@ TestRetryOutcomes(void)
 	CHECK(st.outcome == AGGR_OUTCOME_UNKNOWN, "a 4xx after an unknown attempt: unknown");
 
 	/* classification */
-	CHECK(AggrClassifyHttp(200, false, true) == AGGR_ATTEMPT_ACKED, "200 acked");
-	CHECK(AggrClassifyHttp(202, false, true) == AGGR_ATTEMPT_ACKED, "202 acked");
-	CHECK(AggrClassifyHttp(503, false, true) == AGGR_ATTEMPT_NOT_APPLIED, "503 retried, not applied");
-	CHECK(AggrClassifyHttp(429, false, true) == AGGR_ATTEMPT_NOT_APPLIED, "429 retried, not applied");
-	CHECK(AggrClassifyHttp(500, false, true) == AGGR_ATTEMPT_MAYBE_APPLIED, "500 retried, maybe applied");
-	CHECK(AggrClassifyHttp(502, false, true) == AGGR_ATTEMPT_MAYBE_APPLIED, "502 retried");
-	CHECK(AggrClassifyHttp(504, false, true) == AGGR_ATTEMPT_MAYBE_APPLIED, "504 retried");
-	CHECK(AggrClassifyHttp(400, false, true) == AGGR_ATTEMPT_REJECTED, "400 rejected");
-	CHECK(AggrClassifyHttp(413, false, true) == AGGR_ATTEMPT_REJECTED, "413 rejected");
-	CHECK(AggrClassifyHttp(422, false, true) == AGGR_ATTEMPT_REJECTED, "422 rejected");
-	CHECK(AggrClassifyHttp(401, false, true) == AGGR_ATTEMPT_REJECTED, "401 rejected");
-	CHECK(AggrClassifyHttp(301, false, true) == AGGR_ATTEMPT_REJECTED, "301 rejected");
-	CHECK(AggrClassifyHttp(0, true, false) == AGGR_ATTEMPT_NOT_APPLIED, "refused connection: not applied");
-	CHECK(AggrClassifyHttp(0, true, true) == AGGR_ATTEMPT_MAYBE_APPLIED, "dropped after the body: unknown");
+	CHECK(AggrClassifyHttp(200, false, true, false) == AGGR_ATTEMPT_ACKED, "200 acked");
+	CHECK(AggrClassifyHttp(202, false, true, false) == AGGR_ATTEMPT_ACKED, "202 acked");
+	CHECK(AggrClassifyHttp(503, false, true, false) == AGGR_ATTEMPT_NOT_APPLIED, "503 retried, not applied");
+	CHECK(AggrClassifyHttp(429, false, true, false) == AGGR_ATTEMPT_NOT_APPLIED, "429 retried, not applied");
+	CHECK(AggrClassifyHttp(500, false, true, false) == AGGR_ATTEMPT_MAYBE_APPLIED, "500 retried, maybe applied");
+	CHECK(AggrClassifyHttp(502, false, true, false) == AGGR_ATTEMPT_MAYBE_APPLIED, "502 retried");
+	CHECK(AggrClassifyHttp(504, false, true, false) == AGGR_ATTEMPT_MAYBE_APPLIED, "504 retried");
+	CHECK(AggrClassifyHttp(400, false, true, false) == AGGR_ATTEMPT_REJECTED, "400 rejected");
+	CHECK(AggrClassifyHttp(413, false, true, false) == AGGR_ATTEMPT_REJECTED, "413 rejected");
+	CHECK(AggrClassifyHttp(422, false, true, false) == AGGR_ATTEMPT_REJECTED, "422 rejected");
+	CHECK(AggrClassifyHttp(401, false, true, false) == AGGR_ATTEMPT_REJECTED, "401 rejected");
+	CHECK(AggrClassifyHttp(301, false, true, false) == AGGR_ATTEMPT_REJECTED, "301 rejected");
+	CHECK(AggrClassifyHttp(0, true, false, false) == AGGR_ATTEMPT_NOT_APPLIED, "refused connection: not applied");
+	CHECK(AggrClassifyHttp(0, true, true, false) == AGGR_ATTEMPT_MAYBE_APPLIED, "dropped after the body: unknown");
+	CHECK(AggrClassifyHttp(503, false, true, true) == AGGR_ATTEMPT_MAYBE_APPLIED,
+		  "503 saying the outcome is unknown: maybe applied");
+	{
+		const char *lost = "{\"error\":\"lost\",\"sqlstate\":\"08006\",\"detail\":null,\"outcome\":\"unknown\"}";
+		const char *down = "{\"error\":\"database unreachable\",\"sqlstate\":\"08006\",\"detail\":null}";
+		const char *nested = "{\"error\":{\"outcome\":\"unknown\"}}";
+
+		CHECK(AggrJsonFieldIs(lost, strlen(lost), "outcome", "\"unknown\""), "outcome unknown is read");
+		CHECK(!AggrJsonFieldIs(down, strlen(down), "outcome", "\"unknown\""), "no outcome field: not unknown");
+		CHECK(!AggrJsonFieldIs(nested, strlen(nested), "outcome", "\"unknown\""), "only the top level counts");
+		CHECK(!AggrJsonFieldIs(lost, strlen(lost) - 1, "outcome", "\"unknown\""), "a cut answer is not read");
+	}
 	CHECK(AggrClassifyRedisError("LOADING Redis is loading") == AGGR_ATTEMPT_NOT_APPLIED, "LOADING retried");
 	CHECK(AggrClassifyRedisError("OOM command not allowed") == AGGR_ATTEMPT_NOT_APPLIED, "OOM retried");
 	CHECK(AggrClassifyRedisError("BUSY") == AGGR_ATTEMPT_NOT_APPLIED, "BUSY retried");

@@ -79,7 +79,8 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 	},
 	[AGGR_STMT_HEALTH] = {
 		"aggr_health",
-		"SELECT h::text, h->>'status' = 'ok' FROM aggr_health() AS h",
+		"SELECT (h - 'broker_error')::text, h->>'status' = 'ok', h->>'broker_error' "
+		"FROM aggr_health() AS h",
 		0, {0}
 	},
 	/* numbers of the stats object, one level deep, and per-topic counts */
@@ -265,6 +266,25 @@ SetError(AggrDbError *err, const char *sqlstate, const char *message,
 	err->hint = hint ? AggrStrdup(hint) : NULL;
 }
 
+/*
+ * A failure of the connection itself.  libpq's text (host, socket path, user)
+ * goes to the log only; the client is told what is down and, when a
+ * statement that writes was sent and its answer lost, that the statement
+ * may have been applied (a retry is safe: aggr deduplicates).
+ */
+static void
+SetConnectionError(AggrDbError *err, const DbSlot *slot, AggrStmt stmt,
+				   bool sent, const char *why)
+{
+	bool		maybe_applied = sent && stmt == AGGR_STMT_PUBLISH;
+
+	AggrLog("warning", "database connection %d: %s", slot->id, why);
+	SetError(err, "08006", maybe_applied ?
+			 "lost the database connection while publishing; the outcome is unknown, and a retry is safe" :
+			 "database unreachable", NULL, NULL);
+	err->outcome_unknown = maybe_applied;
+}
+
 void
 AggrDbErrorFree(AggrDbError *err)
 {
@@ -281,7 +301,12 @@ AggrDbIsConnectionError(const AggrDbError *err)
 		strncmp(err->sqlstate, "57P0", 4) == 0;
 }
 
-/* {"error":"…","sqlstate":"…","detail":…} */
+/*
+ * {"error":"…","sqlstate":"…","detail":…}, plus "outcome":"unknown" when the
+ * statement may have been applied.  The detail of a connection-class error
+ * (say, which Redis host refused) is logged, not answered: those answers go
+ * to unauthenticated clients.
+ */
 void
 AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err)
 {
@@ -290,10 +315,17 @@ AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err)
 	AggrBufAppendStr(buf, ",\"sqlstate\":");
 	AggrBufJsonString(buf, err->sqlstate);
 	AggrBufAppendStr(buf, ",\"detail\":");
-	if (err->detail)
+	if (err->detail && AggrDbIsConnectionError(err))
+	{
+		AggrLog("warning", "%s: %s", err->message, err->detail);
+		AggrBufAppendStr(buf, "null");
+	}
+	else if (err->detail)
 		AggrBufJsonString(buf, err->detail);
 	else
 		AggrBufAppendStr(buf, "null");
+	if (err->outcome_unknown)
+		AggrBufAppendStr(buf, ",\"outcome\":\"unknown\"");
 	if (err->hint)
 	{
 		AggrBufAppendStr(buf, ",\"hint\":");
@@ -357,10 +389,10 @@ Connect(DbSlot *slot, AggrDbError *err)
 		PQclear(res);
 	}
 
-	SetError(err, "08001", PQerrorMessage(slot->conn), NULL, NULL);
 	if (slot->failures == 0)
 		AggrLog("warning", "database connection %d failed: %s", slot->id,
-				err->message);
+				PQerrorMessage(slot->conn));
+	SetError(err, "08001", "database unreachable", NULL, NULL);
 	DropConnection(slot);
 	backoff = (int64_t) BACKOFF_MIN_US << (slot->failures < 5 ? slot->failures : 5);
 	if (backoff > BACKOFF_MAX_US)
@@ -431,8 +463,8 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 		if (!WaitForResult(slot->conn, deadline))
 		{
 			PQclear(res);
-			SetError(err, "08006", "database did not answer in time",
-					 NULL, NULL);
+			SetConnectionError(err, slot, stmt, slot->prepared[stmt],
+							   "no answer within --db-timeout");
 			DropConnection(slot);
 			return NULL;
 		}
@@ -448,7 +480,8 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 	}
 	if (!sent)
 	{
-		SetError(err, "08006", PQerrorMessage(slot->conn), NULL, NULL);
+		SetConnectionError(err, slot, stmt, slot->prepared[stmt],
+						   PQerrorMessage(slot->conn));
 		DropConnection(slot);
 		return NULL;
 	}
@@ -458,8 +491,9 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 
 		if (PQstatus(slot->conn) != CONNECTION_OK || state == NULL)
 		{
-			SetError(err, "08006", res ? PQresultErrorMessage(res) :
-					 PQerrorMessage(slot->conn), NULL, NULL);
+			SetConnectionError(err, slot, stmt, slot->prepared[stmt],
+							   res ? PQresultErrorMessage(res) :
+							   PQerrorMessage(slot->conn));
 			DropConnection(slot);
 			/* a fresh connection is worth trying at once */
 			slot->next_attempt_us = 0;

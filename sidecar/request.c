@@ -334,6 +334,11 @@ ServeStats(AggrRequest *req, AggrDbExecFunc exec)
 	AggrDbErrorFree(&err);
 }
 
+/*
+ * /healthz is open to anyone, so it says what is down, never the internal
+ * error text: the broker's error (aggr_health's broker_error) and libpq's
+ * are logged, the latter by db.c.
+ */
 static void
 Healthz(AggrRequest *req, AggrDbExecFunc exec)
 {
@@ -345,6 +350,8 @@ Healthz(AggrRequest *req, AggrDbExecFunc exec)
 	{
 		bool		ok = PQgetvalue(res, 0, 1)[0] == 't';
 
+		if (!PQgetisnull(res, 0, 2))
+			AggrLog("warning", "health: broker: %s", PQgetvalue(res, 0, 2));
 		Answer(req, ok ? 200 : 503, json_type, PQgetvalue(res, 0, 0),
 			   PQgetlength(res, 0, 0));
 		PQclear(res);
@@ -353,9 +360,7 @@ Healthz(AggrRequest *req, AggrDbExecFunc exec)
 
 	if (AggrDbIsConnectionError(&err))
 	{
-		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"down\",\"error\":");
-		AggrBufJsonString(body, err.message);
-		AggrBufAppendStr(body, "}");
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"down\"}");
 		req->answer.retry_after = true;
 	}
 	else if (strcmp(err.sqlstate, "42883") == 0 ||
@@ -363,9 +368,8 @@ Healthz(AggrRequest *req, AggrDbExecFunc exec)
 		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"extension\":\"missing\"}");
 	else
 	{
-		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"error\":");
-		AggrBufJsonString(body, err.message);
-		AggrBufAppendStr(body, ",\"sqlstate\":");
+		AggrLog("warning", "health: %s (%s)", err.message, err.sqlstate);
+		AggrBufAppendStr(body, "{\"status\":\"down\",\"database\":\"ok\",\"sqlstate\":");
 		AggrBufJsonString(body, err.sqlstate);
 		AggrBufAppendStr(body, "}");
 	}

@@ -54,6 +54,7 @@ extern void AggrFormatUtcNow(char *out, size_t outlen);
 extern void AggrLog(const char *level, const char *fmt,...)
 			__attribute__((format(printf, 2, 3)));
 extern void AggrLogV(const char *level, const char *fmt, va_list ap);
+extern bool aggr_log_muted;
 
 /* db.c: the statements the sidecar runs, one prepared set per thread */
 typedef enum AggrStmt
@@ -73,6 +74,7 @@ typedef struct AggrDbError
 	char	   *message;
 	char	   *detail;
 	char	   *hint;
+	bool		outcome_unknown;	/* a publish whose answer was lost */
 } AggrDbError;
 
 /* one row of the SQLSTATE -> HTTP table */

@@ -1,0 +1,116 @@
+# aggr-sidecar at the edge of what it may say and promise.
+# - Secrets: a broker URL with a password, malformed or unreachable, never
+#   shows its password in any answer, log line or SQL-visible value, and the
+#   open routes (/healthz, a failed POST /publish) do not echo internal error
+#   text (Redis host:port, libpq's socket paths) either: that goes to the log.
+# - A 200 means committed: direct-mode publishes commit synchronously even
+#   on a server and role with synchronous_commit = off, so a crash right after
+#   the answer loses nothing.
+# - A publish whose answer was lost (the database did not answer within
+#   --db-timeout) is a 503 that says the outcome is unknown, and the
+#   publisher's ledger records those events as unknown, not failed.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib 't';
+use SidecarTest qw(new_node start_sidecar stop_sidecar http json wait_healthz check_invariants);
+use AggrTest qw(spawn wait_for);
+
+my $event = '{"topic":"edge","event_id":"%s","timestamp":0,"source":"s"}';
+
+# --- secrets -------------------------------------------------------------
+my $n = 0;
+for my $url ('redis://:s3cret@127.0.0.1:1/0', 'rediss://user:s3cret@127.0.0.1:1/0')
+{
+    my $node = new_node('secret' . ++$n, 'aggr.broker_url' => $url, 'aggr.worker_count' => 1);
+    my $sc   = start_sidecar($node);
+    my $h    = wait_healthz($sc->{port}, 503, 30);
+    is($h->{status}, 503, "$url: /healthz is 503 while the broker is down");
+    like($h->{body}, qr/"down": \["broker"/, "$url: /healthz names the broker");
+    unlike($h->{body}, qr/s3cret|127\.0\.0\.1:1\b|broker_error/, "$url: /healthz says no more than that");
+    my $p = http($sc->{port}, 'POST', '/publish', body => sprintf($event, 'p'));
+    is($p->{status}, 503, "$url: a publish is 503");
+    is(json($p)->{sqlstate}, '08006', "$url: with SQLSTATE 08006");
+    unlike($p->{body}, qr/s3cret|127\.0\.0\.1:1\b/, "$url: the publish answer has no password or address");
+    my $sql = $node->safe_psql('postgres', 'SELECT aggr_health()::text || aggr_stats()::text');
+    unlike($sql, qr/s3cret/, "$url: aggr_health() and aggr_stats() show no password");
+    my ($ret, $out, $err) = $node->psql('postgres',
+        sprintf(q{SELECT aggr_publish('%s')}, sprintf($event, 'q')));
+    unlike($err, qr/s3cret/, "$url: the SQL error shows no password");
+    ok(wait_for(sub { slurp_file($node->logfile) =~ /aggr consumer 1: lost the broker/ }, 30),
+        "$url: the consumer logs the outage");
+    stop_sidecar($sc);
+    my $logs = slurp_file($node->logfile) . slurp_file($sc->{log});
+    unlike($logs, qr/s3cret/, "$url: no log line holds the password");
+    like(slurp_file($sc->{log}), qr/health: broker: /, "$url: the sidecar logs the broker's error");
+    $node->stop;
+}
+
+# --- a 200 is durable, whatever synchronous_commit says ------------------
+# With synchronous_commit off everywhere and the WAL writer asleep for 10 s, a
+# commit is flushed only if the publish forced it: right after the answer the
+# WAL must be flushed up to where it is written (autovacuum off: nothing else
+# writes WAL meanwhile).
+{
+    my $node = new_node('durable', synchronous_commit => 'off', wal_writer_delay => '10s',
+        autovacuum => 'off');
+    $node->safe_psql('postgres', 'ALTER ROLE CURRENT_USER SET synchronous_commit = off');
+    my $flushed = q{SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()};
+    my $sc = start_sidecar($node);
+    wait_healthz($sc->{port});
+    for my $i (1 .. 3)
+    {
+        my $p = http($sc->{port}, 'POST', '/publish', body => '[' . join(',', map { sprintf($event, "d$i-$_") } 1 .. 50) . ']');
+        is($p->{status}, 200, "direct publish $i answered 200");
+        is($node->safe_psql('postgres', $flushed), 't', "publish $i: its commit is on disk when the 200 is sent");
+    }
+    is($node->safe_psql('postgres',
+        q{SET synchronous_commit = off;
+          SELECT aggr_publish('{"topic":"edge","event_id":"sql","timestamp":0,"source":"s"}') IS NOT NULL;}
+          . $flushed), "t\nt", 'the same for aggr_publish from SQL with synchronous_commit off');
+    is($node->safe_psql('postgres', 'SHOW synchronous_commit'), 'off', 'the setting itself is left alone');
+    # the contrast: an aggr_ingest (no acknowledgement of its own) follows the setting
+    $node->safe_psql('postgres', q{SELECT aggr_ingest('{"topic":"edge","event_id":"ingest","timestamp":0,"source":"s"}')});
+    is($node->safe_psql('postgres', $flushed), 'f', 'an aggr_ingest with synchronous_commit off is not flushed at once');
+    check_invariants($node, 'durable', unique => 152);
+    stop_sidecar($sc);
+    $node->stop;
+}
+
+# --- a lost answer is an unknown outcome, and the ledger says so --------
+{
+    my $node = new_node('unknown');
+    my $sc = start_sidecar($node, args => ['--db-timeout=1']);
+    wait_healthz($sc->{port});
+    # a session locks the counters, so every publish waits
+    my $holder = $node->background_psql('postgres');
+    $holder->query_safe('BEGIN; LOCK TABLE aggr.counters IN EXCLUSIVE MODE');
+    my $p = http($sc->{port}, 'POST', '/publish', body => sprintf($event, 'u1'), timeout => 10);
+    is($p->{status}, 503, 'a publish the database did not answer in time: 503');
+    is(json($p)->{outcome}, 'unknown', 'the answer says the outcome is unknown');
+    like(json($p)->{error}, qr/retry is safe/, 'and that a retry is safe');
+
+    # the same through aggr-publisher: its ledger records unknown, not failed
+    my $ledger = $node->basedir . '/ledger';
+    my $pub = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
+    my $rc = system("$pub --url http://127.0.0.1:$sc->{port} --events 10 --dup-ratio 0 --batch 10"
+          . " --topics 1 --max-retry-time 3 --timeout 10 --quiet --ledger $ledger"
+          . " >> $sc->{log} 2>&1");
+    isnt($rc, 0, 'aggr-publisher fails while every attempt times out');
+    my @outcomes = map { (split /\t/)[2] } split /\n/, slurp_file($ledger);
+    is(scalar(@outcomes), 10, 'the ledger has every event');
+    is(scalar(grep { $_ eq 'unknown' } @outcomes), 10, 'each recorded as unknown');
+    $holder->query_safe('COMMIT');
+    $holder->quit;
+    # the statements the sidecar gave up on did commit: that is why unknown
+    ok($node->poll_query_until('postgres',
+        q{SELECT count(*) = 1 FROM aggr.events WHERE event_id = 'u1'}),
+        'the publish the sidecar gave up on was applied after all');
+    check_invariants($node, 'after the timeouts');
+    stop_sidecar($sc);
+    $node->stop;
+}
+
+done_testing();
