@@ -26,7 +26,10 @@ TAP_TESTS = 1
 
 # Our code is warning-free; PostgreSQL's headers trip -Wextra's noisier checks.
 PG_CPPFLAGS = -DAGGR_VERSION='"$(EXTVERSION)"'
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
+# WERROR= (empty) builds with a compiler whose new warnings we have not seen
+# (Dockerfile.postgres: another distribution's gcc); make test keeps -Werror.
+WERROR ?= -Werror
+PG_CFLAGS = -Wall -Wextra $(WERROR) -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare -Wno-cast-function-type
 SHLIB_LINK = -lhiredis
 

@@ -1,8 +1,9 @@
 /*
  * aggr--0.1--0.2.sql: from 0.1 to 0.2.
- * aggr_health() tells a stock server (aggr not preloaded) from a preloaded
- * one: "mode", "preloaded", and "preload" in "down" with a hint when a broker
- * is configured that only a preloaded aggr can use.
+ * - aggr_health() tells a stock server (aggr not preloaded) from a preloaded
+ *   one: "mode", "preloaded", and "preload" in "down" with a hint when a
+ *   broker is configured that only a preloaded aggr can use.
+ * - pg_dump dumps aggr's tables (0.1 dumped only CREATE EXTENSION).
  */
 
 \echo Use "ALTER EXTENSION aggr UPDATE TO '0.2'" to load this file. \quit
@@ -48,3 +49,9 @@ $$;
 COMMENT ON FUNCTION aggr_health() IS
     'aggr: status ok when the broker (if configured) and every consumer are up, else down naming what is down';
 
+SELECT pg_catalog.pg_extension_config_dump('aggr.events', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.events_seq_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.counters', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.rejected', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.rejected_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');

@@ -201,6 +201,17 @@ COMMENT ON FUNCTION aggr_health() IS
     'aggr: status ok when the broker (if configured) and every consumer are up, else down naming what is down';
 
 /*
+ * pg_dump dumps the contents of these tables (and the state of their
+ * identity sequences), not only CREATE EXTENSION: the events are user data.
+ */
+SELECT pg_catalog.pg_extension_config_dump('aggr.events', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.events_seq_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.counters', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.rejected', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.rejected_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
+
+/*
  * Privileges: the functions run as the extension's owner (SECURITY DEFINER,
  * fixed search_path), so a role granted EXECUTE may publish and read without
  * any privilege on the tables.  Nobody gets EXECUTE by default.

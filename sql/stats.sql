@@ -23,8 +23,8 @@ SELECT (s ->> 'unique_processed')::bigint = (SELECT count(*) FROM aggr.events) A
        (s ->> 'received')::bigint = (s ->> 'unique_processed')::bigint + (s ->> 'duplicate_dropped')::bigint AS received_adds_up
 FROM aggr_stats() s;
 
--- a backend adds to one shard of its own (specs/stats_race.spec shows two
--- backends writing one topic without waiting on each other)
+-- a backend adds to one shard of its own (t/010_direct.pl shows two backends
+-- writing one topic without waiting on each other)
 SELECT count(DISTINCT shard) AS shards_of_this_backend FROM aggr.counters;
 
 -- health without a broker: the database and the extension answer, preloaded

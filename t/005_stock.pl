@@ -29,7 +29,7 @@ check_invariants($node, 'stock, direct', received => 2001, unique => 1301, dupli
 my $health = decode_json($node->safe_psql('postgres', 'SELECT aggr_health()'));
 is($health->{status}, 'ok', 'stock, direct: healthy');
 is($health->{mode}, 'direct', 'stock, direct: mode direct');
-ok(!$health->{preloaded}, 'stock: not preloaded');
+is_deeply($health->{preloaded}, JSON::PP::false, 'stock: "preloaded": false');
 if ($node->safe_psql('postgres', 'SHOW server_version_num') >= 180000)
 {
     is($node->safe_psql('postgres',
@@ -45,6 +45,8 @@ is(redis_cmd($redis, 'CONFIG', 'SET', 'requirepass', 's3cret'), 'OK', 'Redis wit
 $node->append_conf('postgresql.conf',
     "aggr.broker_url = 'redis://:s3cret\@127.0.0.1:$redis->{port}/0'\naggr.queue_key = 'stock:q'\n");
 $node->reload;
+$node->poll_query_until('postgres', q{SELECT current_setting('aggr.broker_url', true) <> ''})
+  or die 'the reload did not reach new sessions';
 my ($ret, $out, $err) = $node->psql('postgres',
     q{\set VERBOSITY verbose
 SELECT aggr_publish('{"topic": "x", "event_id": "2", "timestamp": 0, "source": "s"}');
@@ -60,11 +62,22 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.events WHERE event_i
 # aggr_ingest is direct by definition and keeps working
 $node->safe_psql('postgres', q{SELECT aggr_ingest('{"topic": "x", "event_id": "3", "timestamp": 0, "source": "s"}')});
 
-# the URL (with its password) is hidden from a role that may use aggr
+# The URL (with its password) is hidden from other roles once aggr is loaded
+# in their session.  Before that it is a plain placeholder (README says so and
+# recommends session_preload_libraries on such a server): with it, a fresh
+# session of a role that never touched aggr cannot read it either.
 $node->safe_psql('postgres', q{CREATE ROLE reader LOGIN; GRANT EXECUTE ON FUNCTION aggr_health() TO reader});
 ($ret, $out, $err) = $node->psql('postgres', q{SELECT aggr_health(); SHOW aggr.broker_url},
-    extra_params => [ '-U', 'reader' ]);
-like($err, qr/must be superuser|permission denied/, 'another role cannot SHOW aggr.broker_url');
+    extra_params => [ '-U', 'reader' ], on_error_stop => 0);
+like($err, qr/must be superuser|permission denied/, 'a role using aggr cannot SHOW aggr.broker_url');
+unlike($out . $err, qr/s3cret/, 'nor see the password');
+$node->append_conf('postgresql.conf', "session_preload_libraries = 'aggr'\n");
+$node->reload;
+$node->poll_query_until('postgres', q{SELECT current_setting('session_preload_libraries') = 'aggr'})
+  or die 'the reload did not reach new sessions';
+($ret, $out, $err) = $node->psql('postgres', q{SHOW aggr.broker_url; SELECT current_setting('aggr.broker_url')},
+    extra_params => [ '-U', 'reader' ], on_error_stop => 0);
+like($err, qr/must be superuser|permission denied/, 'with session_preload_libraries, a fresh session cannot read it');
 unlike($out . $err, qr/s3cret/, 'nor see the password');
 unlike(slurp_file($node->logfile), qr/FATAL|PANIC|server process .* was terminated/, 'no FATAL, no crash');
 
@@ -77,6 +90,7 @@ $node->poll_query_until('postgres',
   or die 'the consumers did not start';
 $health = decode_json($node->safe_psql('postgres', 'SELECT aggr_health()'));
 is($health->{status}, 'ok', 'preloaded: healthy') or diag explain $health;
+is_deeply($health->{preloaded}, JSON::PP::true, 'preloaded: "preloaded": true');
 is($health->{mode}, 'broker', 'preloaded: broker mode');
 my $answer = decode_json($node->safe_psql('postgres',
     q{SELECT aggr_publish('[{"topic": "x", "event_id": "2", "timestamp": 0, "source": "s"},

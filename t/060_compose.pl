@@ -55,7 +55,8 @@ sub make_targets
     my %targets;
     for my $line (grep { !/^\s*#/ } split /\n/, $text)
     {
-        for my $call ($line =~ /\bmake\s+([^&|;>\n]*)/g)
+        # a make command starts with its options (make -C DIR ...), prose does not
+        for my $call ($line =~ /\bmake\s+(-[^&|;>\n]*)/g)
         {
             my @words = grep { !/^-|=|^"|^\/|^\\$/ } split ' ', $call;
             $targets{ $words[0] // 'all' } = 1;

@@ -75,12 +75,11 @@ tar -C "$cache/$key" -xjf "$tarball"
 cd "$srcdir"
 # shellcheck disable=SC2086
 ./configure --prefix="$prefix" $flags >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
-{
-    make -j2 -s
-    make -s install
-    make -s -C src/test/isolation install
-    make -s -C src/tools/pg_bsd_indent
-} >>"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }
+if ! { make -j2 -s && make -s install && make -s -C src/test/isolation install &&
+        make -s -C src/tools/pg_bsd_indent; } >>"$log" 2>&1; then
+    tail -40 "$log" >&2
+    exit 1
+fi
 touch "$cache/$key/done"
 echo "aggr: PostgreSQL $version built in $(( $(date +%s) - started )) s" >&2
 echo "$prefix/bin/pg_config"

@@ -47,6 +47,17 @@ build_tree() {
     make -C "$tree" -s -j2 PG_CONFIG="$pg_config" || return 1
     if [ "$(id -u)" -eq 0 ]; then
         make -C "$tree" -s install PG_CONFIG="$pg_config" >/dev/null || return 1
+    else
+        # not root: the tests can only use what is installed, so it must be this build
+        local f
+        for f in "$tree/aggr.so" "$tree"/extension/aggr--*.sql; do
+            cmp -s "$f" "$("$pg_config" --pkglibdir)/$(basename "$f")" ||
+                cmp -s "$f" "$("$pg_config" --sharedir)/extension/$(basename "$f")" || {
+                echo "make test: $(basename "$f") installed for PostgreSQL $major is not this build;" \
+                    "run make install PG_CONFIG=$pg_config (or make test as root)" >&2
+                return 1
+            }
+        done
     fi
     chown -R "$runner" "$tree"
 }
@@ -77,9 +88,13 @@ CONF
     as_runner "$bindir/pg_ctl" -D "$data" -l "$data.log" -w start >/dev/null || { cat "$data.log"; return 1; }
 }
 preload_cluster() {
-    local data=$work/data$1
+    local data=$work/data$1 bindir
+    bindir=$(cat "$data.bindir")
     echo "shared_preload_libraries = 'aggr'" >> "$data/postgresql.conf"
-    as_runner "$(cat "$data.bindir")/pg_ctl" -D "$data" -l "$data.log" -w restart >/dev/null || { cat "$data.log"; return 1; }
+    as_runner "$bindir/pg_ctl" -D "$data" -l "$data.log" -w restart >/dev/null || { cat "$data.log"; return 1; }
+    [ "$(as_runner "$bindir/psql" -X -At -h "$work" -p "$(sed -n 's/^port = //p' "$data/postgresql.conf")" \
+        -U postgres -d postgres -c 'SHOW shared_preload_libraries')" = aggr ] ||
+        { echo "make test: the PostgreSQL $1 cluster did not come back with aggr preloaded" >&2; return 1; }
 }
 
 passed=0 failed=0
