@@ -53,6 +53,7 @@ AggrConfig	aggr_config;
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char token[] = "s3cret";
+static const char read_token[] = "r3ader";
 static const size_t max_bodies[] = {16, 100, 1000, 5000};
 static const char publish_json[] = "{\"accepted\": 3, \"worker_count\": 0, \"unique\": 2, \"duplicates\": 1}";
 static const char queued_json[] = "{\"accepted\": 3, \"worker_count\": 2}";
@@ -276,6 +277,7 @@ ParseInput(Input *in, const uint8_t *data, size_t size)
 		2 * aggr_config.max_body + 8192 :	/* ample: never exhausted */
 		aggr_config.max_body + (data[1] & 8 ? 4097 : 0);
 	aggr_config.token = (data[1] & 16) ? token : NULL;
+	aggr_config.read_token = (data[1] & 128) ? read_token : NULL;
 
 	/* request line: METHOD SP target [SP version] */
 	if ((line = NextLine(&pos, end, &len)) == NULL)
@@ -793,16 +795,16 @@ CheckMetricsText(const char *body, size_t len)
 
 /* ---- the model: what the answer must be ---- */
 
-/* "Bearer", any case, spaces, then exactly the token */
+/* "Bearer", any case, spaces, then exactly the expected token */
 static bool
-ModelTokenOk(const char *auth)
+ModelTokenOk(const char *auth, const char *expected)
 {
 	if (auth == NULL || strlen(auth) < 7 || strncasecmp(auth, "bearer ", 7) != 0)
 		return false;
 	auth += 7;
 	while (*auth == ' ')
 		auth++;
-	return strcmp(auth, token) == 0;
+	return strcmp(auth, expected) == 0;
 }
 
 /* "-"? digits, no overflow, in [min, max] */
@@ -930,7 +932,7 @@ Model(const Input *in)
 		const char *cl = InputHeader((void *) in, "Content-Length");
 		long long	n = -1;
 
-		if (aggr_config.token && !ModelTokenOk(InputHeader((void *) in, "Authorization")))
+		if (aggr_config.token && !ModelTokenOk(InputHeader((void *) in, "Authorization"), token))
 		{
 			e.www_authenticate = true;
 			return e.status = 401, e;
@@ -950,6 +952,12 @@ Model(const Input *in)
 			return e;			/* never complete: no answer */
 		if (in->body_len > aggr_config.max_body)
 			return e.status = 413, e;
+	}
+	else if ((route == AGGR_ROUTE_EVENTS || route == AGGR_ROUTE_STATS) && aggr_config.read_token &&
+			 !ModelTokenOk(InputHeader((void *) in, "Authorization"), read_token))
+	{
+		e.www_authenticate = true;
+		return e.status = 401, e;
 	}
 	else if (in->stalls)
 		return e;

@@ -34,6 +34,7 @@ AggrConfig	aggr_config = {
 	.listen = "127.0.0.1:8080",
 	.conninfo = "",
 	.token = NULL,
+	.read_token = NULL,
 	.threads = 0,
 	.max_body = 8 * 1024 * 1024,
 	.max_buffered = 128 * 1024 * 1024,
@@ -66,6 +67,8 @@ Usage(FILE *out)
 			"                         past it POST /publish answers 503 (default 128M)\n"
 			"  --token=TOKEN          bearer token required by POST /publish (env\n"
 			"                         AGGR_TOKEN; default: none)\n"
+			"  --read-token=TOKEN     bearer token required by GET /events and /stats\n"
+			"                         (env AGGR_READ_TOKEN; default: none)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
 			"  --max-conns-per-ip=N   open connections per client address (default 128)\n"
 			"  --timeout=SECONDS      close a client idle this long (default 15)\n"
@@ -191,6 +194,21 @@ DefaultThreads(void)
 	aggr_config.threads = cores < 2 ? 2 : cores > 4 ? 4 : (int) cores;
 }
 
+/*
+ * A token, once given, must be one: an empty --token or AGGR_TOKEN would
+ * otherwise read as "no authentication" to whoever set it.
+ */
+static const char *
+TokenOrExit(const char *what, const char *value)
+{
+	if (*value == '\0')
+	{
+		fprintf(stderr, "aggr-sidecar: %s is empty; leave it unset for no token\n", what);
+		exit(2);
+	}
+	return value;
+}
+
 /* exits with status 2 on a bad flag */
 static void
 ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
@@ -202,6 +220,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"max-body", required_argument, NULL, 'b'},
 		{"max-buffered", required_argument, NULL, 'B'},
 		{"token", required_argument, NULL, 'k'},
+		{"read-token", required_argument, NULL, 'R'},
 		{"max-conns", required_argument, NULL, 'c'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 'o'},
@@ -225,8 +244,10 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 	}
 	if ((env = getenv("DATABASE_URL")) && *env)
 		aggr_config.conninfo = env;
-	if ((env = getenv("AGGR_TOKEN")) && *env)
-		aggr_config.token = env;
+	if ((env = getenv("AGGR_TOKEN")))
+		aggr_config.token = TokenOrExit("AGGR_TOKEN", env);
+	if ((env = getenv("AGGR_READ_TOKEN")))
+		aggr_config.read_token = TokenOrExit("AGGR_READ_TOKEN", env);
 	DefaultThreads();
 
 	while ((c = getopt_long(argc, argv, "h", opts, &index)) != -1)
@@ -252,7 +273,10 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 				ok = ParseSize(optarg, &aggr_config.max_buffered);
 				break;
 			case 'k':
-				aggr_config.token = *optarg ? optarg : NULL;
+				aggr_config.token = TokenOrExit("--token", optarg);
+				break;
+			case 'R':
+				aggr_config.read_token = TokenOrExit("--read-token", optarg);
 				break;
 			case 'c':
 				ok = ParseCount(optarg, 1, 100000, &n);
@@ -346,9 +370,10 @@ main(int argc, char **argv)
 		AggrDbStop();
 		return 1;
 	}
-	AggrLog("info", "listening on %s with %d database workers, max body %zu bytes%s",
+	AggrLog("info", "listening on %s with %d database workers, max body %zu bytes%s%s",
 			aggr_config.listen, aggr_config.threads, aggr_config.max_body,
-			aggr_config.token ? ", token required for /publish" : "");
+			aggr_config.token ? ", token required for /publish" : "",
+			aggr_config.read_token ? ", read token required for /events and /stats" : "");
 
 	while (sigwait(&sigs, &sig) != 0)
 		;

@@ -38,14 +38,16 @@ typedef struct RouteDef
 	const char *path;
 	AggrRoute	route;
 	bool		post;			/* POST, else GET and HEAD */
+	bool		reads_events;	/* guarded by --read-token */
 } RouteDef;
 
+/* /healthz and /metrics stay open: they name no event and no secret */
 static const RouteDef routes[] = {
-	{"/publish", AGGR_ROUTE_PUBLISH, true},
-	{"/events", AGGR_ROUTE_EVENTS, false},
-	{"/stats", AGGR_ROUTE_STATS, false},
-	{"/healthz", AGGR_ROUTE_HEALTHZ, false},
-	{"/metrics", AGGR_ROUTE_METRICS, false},
+	{"/publish", AGGR_ROUTE_PUBLISH, true, false},
+	{"/events", AGGR_ROUTE_EVENTS, false, true},
+	{"/stats", AGGR_ROUTE_STATS, false, true},
+	{"/healthz", AGGR_ROUTE_HEALTHZ, false, false},
+	{"/metrics", AGGR_ROUTE_METRICS, false, false},
 };
 
 static atomic_size_t buffered;	/* body bytes reserved by all requests */
@@ -95,10 +97,10 @@ AnswerDbError(AggrRequest *req, const AggrDbError *err)
 
 /* ---- POST /publish ---- */
 
+/* a bearer token, compared in time independent of where it differs */
 static bool
-TokenMatches(const char *auth)
+TokenMatches(const char *token, const char *auth)
 {
-	const char *token = aggr_config.token;
 	size_t		tlen = strlen(token);
 	size_t		alen;
 	unsigned char diff = 0;
@@ -143,7 +145,7 @@ PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 	int64_t		len = -1;
 
 	if (aggr_config.token &&
-		!TokenMatches(in->header(in->arg, "Authorization")))
+		!TokenMatches(aggr_config.token, in->header(in->arg, "Authorization")))
 	{
 		req->answer.www_authenticate = true;
 		AnswerError(req, 401, "missing or wrong bearer token");
@@ -505,6 +507,12 @@ AggrRequestStart(AggrRequest *req, const AggrRequestIn *in)
 	}
 	else if (def->post)
 		PublishHeaders(req, in);
+	else if (def->reads_events && aggr_config.read_token &&
+			 !TokenMatches(aggr_config.read_token, in->header(in->arg, "Authorization")))
+	{
+		req->answer.www_authenticate = true;
+		AnswerError(req, 401, "missing or wrong bearer token");
+	}
 }
 
 /* a chunk of the body; kept only by a POST /publish its headers admitted */

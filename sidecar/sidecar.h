@@ -34,6 +34,7 @@ typedef struct AggrConfig
 	const char *listen;			/* "host:port", "[v6]:port" or ":port" */
 	const char *conninfo;		/* libpq URL or key=value string, may be "" */
 	const char *token;			/* bearer token for /publish, or NULL */
+	const char *read_token;		/* bearer token for /events, /stats, or NULL */
 	int			threads;		/* database workers = connections */
 	size_t		max_body;		/* bytes */
 	size_t		max_buffered;	/* request bodies held at once, bytes */

@@ -9,6 +9,8 @@
 # - A publish whose answer was lost (the database did not answer within
 #   --db-timeout) is a 503 that says the outcome is unknown, and the
 #   publisher's ledger records those events as unknown, not failed.
+# - --read-token guards what reads events (/events, /stats); /healthz and
+#   /metrics stay open; an empty token is refused at start, not taken as none.
 use strict;
 use warnings;
 
@@ -110,6 +112,47 @@ for my $url ('redis://:s3cret@127.0.0.1:1/0', 'rediss://user:s3cret@127.0.0.1:1/
         'the publish the sidecar gave up on was applied after all');
     check_invariants($node, 'after the timeouts');
     stop_sidecar($sc);
+    $node->stop;
+}
+
+# --- the read token ----------------------------------------------------
+{
+    my $node = new_node('tokens');
+    my $sc = start_sidecar($node, args => [ '--token=w7ite', '--read-token=r3ad' ]);
+    wait_healthz($sc->{port});
+    my %auth = (none => {}, publish => { Authorization => 'Bearer w7ite' },
+        read => { Authorization => 'Bearer r3ad' }, wrong => { Authorization => 'Bearer r3adx' });
+    for my $route ('/events', '/stats')
+    {
+        for my $who (qw(none publish wrong))
+        {
+            my $r = http($sc->{port}, 'GET', $route, headers => $auth{$who});
+            is($r->{status}, 401, "GET $route with the $who token: 401");
+            like($r->{headers}{'www-authenticate'} // '', qr/^Bearer/, "GET $route with the $who token: WWW-Authenticate");
+        }
+        is(http($sc->{port}, 'GET', $route, headers => $auth{read})->{status}, 200, "GET $route with the read token: 200");
+    }
+    is(http($sc->{port}, 'GET', $_)->{status}, 200, "GET $_ stays open") for ('/healthz', '/metrics');
+    is(http($sc->{port}, 'POST', '/publish', body => sprintf($event, 't1'), headers => $auth{read})->{status},
+        401, 'the read token does not publish');
+    is(http($sc->{port}, 'POST', '/publish', body => sprintf($event, 't1'), headers => $auth{publish})->{status},
+        200, 'the publish token does');
+    my $events = http($sc->{port}, 'GET', '/events', headers => $auth{read});
+    is(scalar(@{ json($events) }), 1, 'and the reader sees the event');
+    stop_sidecar($sc);
+
+    # an empty token is a mistake, not "no authentication"
+    my $bin = $ENV{AGGR_SIDECAR} || 'sidecar/aggr-sidecar';
+    for my $case ([ '--token=', {} ], [ '--read-token=', {} ], [ '', { AGGR_TOKEN => '' } ], [ '', { AGGR_READ_TOKEN => '' } ])
+    {
+        my ($flag, $env) = @$case;
+        local %ENV = (%ENV, %$env);
+        my $out = `$bin --listen=127.0.0.1:1 $flag 2>&1`;
+        my $status = $? >> 8;
+        my $what = $flag || join('', map { "$_=''" } keys %$env);
+        is($status, 2, "$what: refused at start");
+        like($out, qr/is empty; leave it unset/, "$what: says why");
+    }
     $node->stop;
 }
 
