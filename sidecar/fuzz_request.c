@@ -278,6 +278,8 @@ ParseInput(Input *in, const uint8_t *data, size_t size)
 		aggr_config.max_body + (data[1] & 8 ? 4097 : 0);
 	aggr_config.token = (data[1] & 16) ? token : NULL;
 	aggr_config.read_token = (data[1] & 128) ? read_token : NULL;
+	/* the model expects one database call per request */
+	aggr_config.health_cache_ms = 0;
 
 	/* request line: METHOD SP target [SP version] */
 	if ((line = NextLine(&pos, end, &len)) == NULL)

@@ -42,6 +42,7 @@ AggrConfig	aggr_config = {
 	.max_conns_per_ip = 128,
 	.client_timeout = 15,
 	.db_timeout_ms = 30000,
+	.health_cache_ms = 1000,
 };
 
 static int	drain_seconds = 30;

@@ -22,6 +22,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -321,6 +322,67 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 
 /* ---- GET /stats, GET /healthz ---- */
 
+/*
+ * The last /healthz answer.  Load balancers and probes may ask many times a
+ * second; those asks must not queue ahead of publishes (health jobs go to the
+ * head of the database queue), so an answer younger than health_cache_ms is
+ * reused from the HTTP thread, and while one refresh is in flight the
+ * previous answer serves the others.  A refresh older than --db-timeout is
+ * taken as lost, so another may start.
+ */
+static struct
+{
+	pthread_mutex_t lock;
+	int64_t		at_us;			/* when body was answered; 0: never */
+	int64_t		refresh_since_us;	/* a refresh is in flight since; 0: none */
+	int			status;
+	bool		retry_after;
+	AggrBuf		body;
+}			health = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* true when the cached answer served req; else req must refresh it */
+static bool
+HealthFromCache(AggrRequest *req)
+{
+	int64_t		now = AggrNowUs();
+	int64_t		max_age = (int64_t) aggr_config.health_cache_ms * 1000;
+	bool		refreshing;
+	bool		served = false;
+
+	if (max_age <= 0)
+		return false;
+	pthread_mutex_lock(&health.lock);
+	refreshing = health.refresh_since_us != 0 &&
+		now - health.refresh_since_us < (int64_t) aggr_config.db_timeout_ms * 1000 + 1000000;
+	if (health.at_us != 0 && (now - health.at_us < max_age || refreshing))
+	{
+		req->answer.retry_after = health.retry_after;
+		Answer(req, health.status, json_type, health.body.data, health.body.len);
+		served = true;
+	}
+	else
+		health.refresh_since_us = now;
+	pthread_mutex_unlock(&health.lock);
+	return served;
+}
+
+static void
+HealthRemember(const AggrRequest *req)
+{
+	if (aggr_config.health_cache_ms <= 0)
+		return;
+	pthread_mutex_lock(&health.lock);
+	health.at_us = AggrNowUs();
+	health.refresh_since_us = 0;
+	health.status = req->answer.status;
+	health.retry_after = req->answer.retry_after;
+	if (health.body.data == NULL)
+		AggrBufInit(&health.body, 256);
+	AggrBufReset(&health.body);
+	AggrBufAppend(&health.body, req->answer.body.data, req->answer.body.len);
+	pthread_mutex_unlock(&health.lock);
+}
+
 static void
 ServeStats(AggrRequest *req, AggrDbExecFunc exec)
 {
@@ -357,6 +419,7 @@ Healthz(AggrRequest *req, AggrDbExecFunc exec)
 		Answer(req, ok ? 200 : 503, json_type, PQgetvalue(res, 0, 0),
 			   PQgetlength(res, 0, 0));
 		PQclear(res);
+		HealthRemember(req);
 		return;
 	}
 
@@ -377,6 +440,7 @@ Healthz(AggrRequest *req, AggrDbExecFunc exec)
 	}
 	Answer(req, 503, json_type, "", 0);
 	AggrDbErrorFree(&err);
+	HealthRemember(req);
 }
 
 /* ---- GET /metrics ---- */
@@ -541,6 +605,8 @@ AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in)
 	}
 	else if (req->route == AGGR_ROUTE_EVENTS)
 		EventsParams(req, in);
+	else if (req->route == AGGR_ROUTE_HEALTHZ)
+		(void) HealthFromCache(req);
 	return !req->answered;
 }
 

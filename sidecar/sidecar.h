@@ -42,6 +42,7 @@ typedef struct AggrConfig
 	unsigned	max_conns_per_ip;
 	unsigned	client_timeout; /* seconds a client may stay idle */
 	int			db_timeout_ms;	/* bound on one database round trip */
+	int			health_cache_ms;	/* /healthz answers this old are reused */
 } AggrConfig;
 
 extern AggrConfig aggr_config;

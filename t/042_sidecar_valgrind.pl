@@ -96,7 +96,7 @@ is( raw($port,
 $node->stop('fast');
 $r = http($port, 'POST', '/publish', body => event(), %auth, timeout => 60);
 is($r->{status}, 503, 'database down: 503');
-is(http($port, 'GET', '/healthz', timeout => 60)->{status}, 503,
+is(wait_healthz($port, 503, 60)->{status}, 503,
     'database down: healthz 503');
 $node->start;
 is(wait_healthz($port, 200, 60)->{status}, 200, 'reconnected');

@@ -11,13 +11,16 @@
 #   publisher's ledger records those events as unknown, not failed.
 # - --read-token guards what reads events (/events, /stats); /healthz and
 #   /metrics stay open; an empty token is refused at start, not taken as none.
+# - A /healthz flood does not reach the database more than about once a
+#   second, and publishes beside it keep succeeding.
 use strict;
 use warnings;
 
 use PostgreSQL::Test::Utils;
 use Test::More;
 use lib 't';
-use SidecarTest qw(new_node start_sidecar stop_sidecar http json wait_healthz check_invariants);
+use SidecarTest qw(new_node start_sidecar stop_sidecar http converse json wait_healthz check_invariants);
+use Time::HiRes qw(time);
 use AggrTest qw(spawn wait_for);
 
 my $event = '{"topic":"edge","event_id":"%s","timestamp":0,"source":"s"}';
@@ -153,6 +156,37 @@ for my $url ('redis://:s3cret@127.0.0.1:1/0', 'rediss://user:s3cret@127.0.0.1:1/
         is($status, 2, "$what: refused at start");
         like($out, qr/is empty; leave it unset/, "$what: says why");
     }
+    $node->stop;
+}
+
+# --- a /healthz flood ----------------------------------------------------
+{
+    my $node = new_node('flood', track_functions => 'pl');
+    my $sc = start_sidecar($node, args => ['--threads=2']);
+    wait_healthz($sc->{port});
+    my $get = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    # aggr-publisher sends 4,000 events at 1,000/s while the flood runs
+    my $pub = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
+    my $publisher = spawn("$sc->{log}.publisher", $pub, '--url', "http://127.0.0.1:$sc->{port}",
+        '--events', '4000', '--dup-ratio', '0', '--batch', '100', '--rate', '1000',
+        '--source', 'flood', '--quiet');
+    my @answers;
+    my $started = time();
+    while (time() - $started < 3)    # rounds of 300 checks, 64 at a time, for 3 s
+    {
+        push @answers, converse([ map { { port => $sc->{port}, bytes => $get } } 1 .. 300 ], window => 64);
+    }
+    my $seconds = time() - $started;
+    my $checks = scalar(@answers);
+    is(scalar(grep { $_->{status} == 200 } @answers), $checks, "every one of the $checks health checks answered 200");
+    waitpid($publisher, 0);
+    is($? >> 8, 0, 'aggr-publisher, publishing beside the flood, had every batch acknowledged');
+    stop_sidecar($sc);    # its backends exit and report their function calls
+    my $calls = $node->safe_psql('postgres',
+        q{SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'aggr_health'});
+    ok($calls <= $seconds + 3,
+        "$checks health checks in ${\ sprintf('%.1f', $seconds)} s ran aggr_health() $calls times");
+    check_invariants($node, 'after the flood', unique => 4000);
     $node->stop;
 }
 
