@@ -48,7 +48,7 @@ typedef struct StmtDef
 	const char *name;
 	const char *sql;
 	int			nparams;
-	Oid			types[3];
+	Oid			types[4];
 } StmtDef;
 
 /*
@@ -62,15 +62,27 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"FROM aggr_publish_text($1) AS r",
 		1, {TEXTOID}
 	},
+
+	/*
+	 * A page of at most $2 events and about $4 bytes (always one event): the
+	 * events whose text starts before $4 bytes of the page.  Columns: the
+	 * JSON array, the last seq in it, how many, and whether more may follow
+	 * (the page is full by count, or was cut by bytes).
+	 */
 	[AGGR_STMT_EVENTS] = {
 		"aggr_events",
-		"SELECT '[' || coalesce(string_agg(json_build_object("
+		"WITH page AS (SELECT e.seq, json_build_object("
 		"'topic', e.topic, 'event_id', e.event_id, "
 		"'timestamp', e.\"timestamp\", 'source', e.source, "
-		"'payload', e.payload, 'ingested_at', e.ingested_at)::text, ',' "
-		"ORDER BY e.seq), '') || ']', max(e.seq), count(*) "
-		"FROM aggr_events($1, $2, $3) AS e",
-		3, {TEXTOID, INT4OID, INT8OID}
+		"'payload', e.payload, 'ingested_at', e.ingested_at)::text AS j "
+		"FROM aggr_events($1, $2, $3) AS e), "
+		"sized AS (SELECT seq, j, sum(octet_length(j) + 1) OVER (ORDER BY seq) "
+		"- octet_length(j) - 1 AS before FROM page) "
+		"SELECT '[' || coalesce(string_agg(j, ',' ORDER BY seq) FILTER (WHERE before < $4), '') || ']', "
+		"max(seq) FILTER (WHERE before < $4), count(*) FILTER (WHERE before < $4), "
+		"count(*) = $2 OR coalesce(bool_or(before >= $4), false) "
+		"FROM sized",
+		4, {TEXTOID, INT4OID, INT8OID, INT8OID}
 	},
 	[AGGR_STMT_STATS] = {
 		"aggr_stats",

@@ -365,8 +365,8 @@ typedef struct Record
 	int			calls;
 	AggrStmt	stmt;
 	int			nvalues;
-	char	   *values[3];		/* copies; NULL for a NULL parameter */
-	int			lengths[3];
+	char	   *values[4];		/* copies; NULL for a NULL parameter */
+	int			lengths[4];
 	bool		has_lengths;
 	int			format0;
 } Record;
@@ -378,7 +378,7 @@ static PGresult *
 FakeResult(int ncols, const char *const *cells, int nrows)
 {
 	PGresult   *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
-	PGresAttDesc attrs[3];
+	PGresAttDesc attrs[4];
 
 	memset(attrs, 0, sizeof(attrs));
 	for (int c = 0; c < ncols; c++)
@@ -439,7 +439,7 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 {
 	static const int nparams[AGGR_NUM_STMTS] = {
 		[AGGR_STMT_PUBLISH] = 1,
-		[AGGR_STMT_EVENTS] = 3,
+		[AGGR_STMT_EVENTS] = 4,
 	};
 	const Input *in = current;
 	char		count[24];
@@ -484,13 +484,13 @@ Recorder(AggrStmt stmt, const char *const *values, const int *lengths,
 		case AGGR_STMT_EVENTS:
 			{
 				/* a full page (count = limit) when variant_a, else one short */
-				const char *cells[3] = {events_json, next_seq, count};
+				const char *cells[4] = {events_json, next_seq, count, in->variant_a ? "t" : "f"};
 
 				snprintf(count, sizeof(count), "%lld",
 						 atoll(values[1]) - (in->variant_a ? 0 : 1));
 				if (in->variant_b)
 					cells[1] = NULL;	/* no rows: max(seq) is NULL */
-				return FakeResult(3, cells, 1);
+				return FakeResult(4, cells, 1);
 			}
 		case AGGR_STMT_STATS:
 			{

@@ -47,6 +47,7 @@ typedef struct Request
 	char	   *path;
 	bool		queued;			/* handed to a database worker */
 	bool		responded;		/* answer queued with MHD */
+	size_t		sent_bytes;		/* its body, for the access log */
 	AggrRequest r;
 } Request;
 
@@ -73,10 +74,14 @@ Reply(struct MHD_Connection *conn, Request *req)
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
+	/* the body is handed to MHD, which frees it: no copy of a large page */
 	resp = MHD_create_response_from_buffer(a->body.len, a->body.data,
-										   MHD_RESPMEM_MUST_COPY);
+										   a->body.data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
 	if (resp == NULL)
 		return MHD_NO;
+	req->sent_bytes = a->body.len;
+	a->body.data = NULL;
+	a->body.len = a->body.cap = 0;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->content_type);
 	if (a->allow)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, a->allow);
@@ -245,7 +250,7 @@ Completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	*con_cls = NULL;
 	status = req->responded ? req->r.answer.status : 0;
-	bytes = req->responded ? req->r.answer.body.len : 0;
+	bytes = req->responded ? req->sent_bytes : 0;
 	duration_us = AggrNowUs() - req->start_us;
 	AggrMetricsRecord(req->r.route, status, duration_us, req->r.accepted);
 

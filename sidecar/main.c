@@ -43,6 +43,7 @@ AggrConfig	aggr_config = {
 	.client_timeout = 15,
 	.db_timeout_ms = 30000,
 	.health_cache_ms = 1000,
+	.max_page_bytes = 4 * 1024 * 1024,
 };
 
 static int	drain_seconds = 30;
@@ -70,6 +71,8 @@ Usage(FILE *out)
 			"                         AGGR_TOKEN; default: none)\n"
 			"  --read-token=TOKEN     bearer token required by GET /events and /stats\n"
 			"                         (env AGGR_READ_TOKEN; default: none)\n"
+			"  --max-page=BYTES       a GET /events page ends after the event that\n"
+			"                         passes this many bytes (default 4M; Link goes on)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
 			"  --max-conns-per-ip=N   open connections per client address (default 128)\n"
 			"  --timeout=SECONDS      close a client idle this long (default 15)\n"
@@ -222,6 +225,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"max-buffered", required_argument, NULL, 'B'},
 		{"token", required_argument, NULL, 'k'},
 		{"read-token", required_argument, NULL, 'R'},
+		{"max-page", required_argument, NULL, 'P'},
 		{"max-conns", required_argument, NULL, 'c'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 'o'},
@@ -278,6 +282,9 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 				break;
 			case 'R':
 				aggr_config.read_token = TokenOrExit("--read-token", optarg);
+				break;
+			case 'P':
+				ok = ParseSize(optarg, &aggr_config.max_page_bytes);
 				break;
 			case 'c':
 				ok = ParseCount(optarg, 1, 100000, &n);

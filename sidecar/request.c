@@ -281,7 +281,8 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 {
 	char		limit_txt[24];
 	char		after_txt[24];
-	const char *values[3];
+	char		bytes_txt[24];
+	const char *values[4];
 	AggrDbError err = {0};
 	PGresult   *res;
 
@@ -290,6 +291,8 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 	values[0] = req->topic;
 	values[1] = limit_txt;
 	values[2] = req->after >= 0 ? after_txt : NULL;
+	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", aggr_config.max_page_bytes);
+	values[3] = bytes_txt;
 
 	res = exec(AGGR_STMT_EVENTS, values, NULL, NULL, &err);
 	if (res == NULL)
@@ -299,8 +302,8 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 		return;
 	}
 
-	/* a full page announces the next one */
-	if (!PQgetisnull(res, 0, 1) && atoll(PQgetvalue(res, 0, 2)) == req->limit)
+	/* a page full by count or by bytes announces the next one */
+	if (!PQgetisnull(res, 0, 1) && PQgetvalue(res, 0, 3)[0] == 't')
 	{
 		AggrBuf		link;
 

@@ -43,6 +43,7 @@ typedef struct AggrConfig
 	unsigned	client_timeout; /* seconds a client may stay idle */
 	int			db_timeout_ms;	/* bound on one database round trip */
 	int			health_cache_ms;	/* /healthz answers this old are reused */
+	size_t		max_page_bytes; /* a GET /events page stops about here */
 } AggrConfig;
 
 extern AggrConfig aggr_config;
