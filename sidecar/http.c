@@ -213,7 +213,8 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 	{
 		AggrRequestAppend(&req->r, upload_data, *upload_data_size);
 		*upload_data_size = 0;
-		return MHD_YES;
+		/* a body slower than --min-body-rate: close, which frees its budget */
+		return req->r.too_slow ? MHD_NO : MHD_YES;
 	}
 	if (req->responded)
 		return MHD_YES;

@@ -44,6 +44,7 @@ AggrConfig	aggr_config = {
 	.db_timeout_ms = 30000,
 	.health_cache_ms = 1000,
 	.max_page_bytes = 4 * 1024 * 1024,
+	.min_body_rate = 16 * 1024,
 };
 
 static int	drain_seconds = 30;
@@ -71,6 +72,8 @@ Usage(FILE *out)
 			"                         AGGR_TOKEN; default: none)\n"
 			"  --read-token=TOKEN     bearer token required by GET /events and /stats\n"
 			"                         (env AGGR_READ_TOKEN; default: none)\n"
+			"  --min-body-rate=BYTES  after --timeout seconds, a body slower than this\n"
+			"                         many bytes a second is dropped (default 16K; 0: off)\n"
 			"  --max-page=BYTES       a GET /events page ends after the event that\n"
 			"                         passes this many bytes (default 4M; Link goes on)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
@@ -226,6 +229,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"token", required_argument, NULL, 'k'},
 		{"read-token", required_argument, NULL, 'R'},
 		{"max-page", required_argument, NULL, 'P'},
+		{"min-body-rate", required_argument, NULL, 'M'},
 		{"max-conns", required_argument, NULL, 'c'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 'o'},
@@ -285,6 +289,12 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 				break;
 			case 'P':
 				ok = ParseSize(optarg, &aggr_config.max_page_bytes);
+				break;
+			case 'M':
+				if (strcmp(optarg, "0") == 0)
+					aggr_config.min_body_rate = 0;
+				else
+					ok = ParseSize(optarg, &aggr_config.min_body_rate);
 				break;
 			case 'c':
 				ok = ParseCount(optarg, 1, 100000, &n);

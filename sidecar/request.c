@@ -32,6 +32,7 @@
 #include "sidecar.h"
 
 #define EVENTS_DEFAULT_LIMIT 100
+#define BODY_FIRST_RESERVE (64 * 1024)
 #define EVENTS_MAX_LIMIT 10000
 
 typedef struct RouteDef
@@ -135,6 +136,19 @@ ReserveBody(AggrRequest *req, size_t bytes)
 }
 
 /*
+ * What a body counts in the budget before its first byte: only a first piece,
+ * the rest as it arrives, so a client that declares 8 MB and sends a byte now
+ * and then holds 64 KB of --max-buffered, not 8 MB.
+ */
+static size_t
+FirstReserve(int64_t content_length)
+{
+	if (content_length < 0)
+		return 4096 + 1;		/* chunked: unknown */
+	return (content_length < BODY_FIRST_RESERVE ? (size_t) content_length : BODY_FIRST_RESERVE) + 1;
+}
+
+/*
  * Decisions taken from the headers alone, before any body byte is read;
  * answers the request when one of them refuses it.
  */
@@ -166,7 +180,7 @@ PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 		AnswerError(req, 400, "invalid Content-Length");
 	else if (len > (int64_t) aggr_config.max_body)
 		AnswerError(req, 413, "request body too large");
-	else if (!ReserveBody(req, (len > 0 ? (size_t) len : 4096) + 1))
+	else if (!ReserveBody(req, FirstReserve(len)))
 	{
 		req->answer.retry_after = true;
 		AnswerError(req, 503, "too many request bodies in flight");
@@ -175,7 +189,25 @@ PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 	{
 		req->body_cap = req->reserved;
 		req->body = AggrMalloc(req->body_cap);
+		req->body_since_us = AggrNowUs();
 	}
+}
+
+/*
+ * A body must average --min-body-rate once --timeout seconds have passed:
+ * each trickled byte resets the idle timeout, so without this a client
+ * could hold its part of --max-buffered for as long as it liked.
+ */
+static bool
+BodyTooSlow(const AggrRequest *req, size_t received)
+{
+	int64_t		grace_us = (int64_t) aggr_config.client_timeout * 1000000;
+	int64_t		late_us;
+
+	if (aggr_config.min_body_rate == 0)
+		return false;
+	late_us = AggrNowUs() - req->body_since_us - grace_us;
+	return late_us > 0 && (double) received < (double) aggr_config.min_body_rate * late_us / 1e6;
 }
 
 static void
@@ -183,11 +215,13 @@ PublishAppend(AggrRequest *req, const char *data, size_t size)
 {
 	size_t		need;
 
-	if (req->too_large || req->over_budget)
+	if (req->too_large || req->over_budget || req->too_slow)
 		return;					/* discarding the rest */
 	need = req->body_len + size + 1;
 	if (size > aggr_config.max_body - req->body_len)
 		req->too_large = true;
+	else if (BodyTooSlow(req, req->body_len + size))
+		req->too_slow = true;
 	else if (need > req->body_cap)
 	{
 		size_t		cap = req->body_cap;
@@ -202,7 +236,7 @@ PublishAppend(AggrRequest *req, const char *data, size_t size)
 		else
 			req->over_budget = true;
 	}
-	if (req->too_large || req->over_budget)
+	if (req->too_large || req->over_budget || req->too_slow)
 	{
 		free(req->body);
 		req->body = NULL;
@@ -586,7 +620,7 @@ AggrRequestStart(AggrRequest *req, const AggrRequestIn *in)
 void
 AggrRequestAppend(AggrRequest *req, const char *data, size_t size)
 {
-	if (req->body != NULL || req->too_large || req->over_budget)
+	if (req->body != NULL || req->too_large || req->over_budget || req->too_slow)
 		PublishAppend(req, data, size);
 }
 

@@ -44,6 +44,7 @@ typedef struct AggrConfig
 	int			db_timeout_ms;	/* bound on one database round trip */
 	int			health_cache_ms;	/* /healthz answers this old are reused */
 	size_t		max_page_bytes; /* a GET /events page stops about here */
+	size_t		min_body_rate;	/* bytes/s a body averages after --timeout s */
 } AggrConfig;
 
 extern AggrConfig aggr_config;
@@ -170,6 +171,8 @@ typedef struct AggrRequest
 	bool		answered;		/* answer filled in */
 	bool		too_large;
 	bool		over_budget;	/* --max-buffered reached while reading */
+	bool		too_slow;		/* the body came slower than --min-body-rate */
+	int64_t		body_since_us;	/* when the headers were in */
 	size_t		reserved;		/* bytes counted in the --max-buffered budget */
 	char	   *body;
 	size_t		body_len;

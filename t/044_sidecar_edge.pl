@@ -15,6 +15,9 @@
 #   second, and publishes beside it keep succeeding.
 # - A GET /events page is bounded in bytes as well as events (--max-page); the
 #   Link header leads through the rest, nothing skipped or repeated.
+# - Slow bodies cannot hold the --max-buffered budget: a body is counted as
+#   it arrives, not as declared, and one slower than --min-body-rate after
+#   --timeout seconds is dropped.
 use strict;
 use warnings;
 
@@ -222,6 +225,35 @@ for my $url ('redis://:s3cret@127.0.0.1:1/0', 'rediss://user:s3cret@127.0.0.1:1/
     is_deeply(\@seen, [ (map { sprintf('b%03d', $_) } 1 .. 100), 'b999' ], 'each once, in seq order');
     ok($pages >= 11, "the 110 KB of events came in $pages pages, not one");
     is($over, 0, 'every page ends with the event that passes 10K, not later');
+    stop_sidecar($sc);
+    $node->stop;
+}
+
+# --- slow bodies -------------------------------------------------------
+{
+    my $node = new_node('slow');
+    my $sc = start_sidecar($node,
+        args => [ '--max-body=1M', '--max-buffered=16M', '--timeout=3', '--min-body-rate=1K' ]);
+    wait_healthz($sc->{port});
+    my $head = "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      . "Content-Length: 1048576\r\n\r\n";
+    # 16 clients declare 1 MB each (all of --max-buffered) and would send a
+    # byte every half second for 15 s
+    my @slow = map { { port => $sc->{port}, send => [ [ 0, $head ], map { [ 0.5, '[' ] } 1 .. 30 ] } } 1 .. 16;
+    my $pub = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
+    my $publisher = spawn("$sc->{log}.publisher", 'sh', '-c',
+        "sleep 1; exec $pub --url http://127.0.0.1:$sc->{port} --events 2000 --dup-ratio 0"
+          . " --batch 100 --rate 1000 --source slow --max-retry-time 2 --quiet");
+    my $t0 = time();
+    my @answers = converse(\@slow, timeout => 10);
+    waitpid($publisher, 0);
+    is($? >> 8, 0, 'publishes beside 16 slow 1 MB bodies were all acknowledged');
+    ok(!grep({ $_->{status} == 200 } @answers), 'no slow body was taken as a request');
+    my @dropped = grep { $_->{closed} } @answers;
+    is(scalar(@dropped), 16, 'every slow body was dropped by the server');
+    # (not a speed check: without the rate bound they stay open past 15 s)
+    ok(time() - $t0 < 10, sprintf('once it fell below 1K/s after the 3 s grace, %.1f s in', time() - $t0));
+    check_invariants($node, 'after the slow bodies', unique => 2000);
     stop_sidecar($sc);
     $node->stop;
 }
