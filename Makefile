@@ -20,7 +20,7 @@ PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 # pg_regress and the isolation specs pass against any running server, aggr
 # preloaded or not (make installcheck); what needs the preload or a broker is
 # TAP (t/), where each test starts its own servers.
-REGRESS = validate ingest query stats privileges upgrade
+REGRESS = validate ingest ndjson query stats privileges upgrade
 ISOLATION = ingest_race stats_race
 TAP_TESTS = 1
 

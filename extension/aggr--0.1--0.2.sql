@@ -4,6 +4,7 @@
  *   one: "mode", "preloaded", and "preload" in "down" with a hint when a
  *   broker is configured that only a preloaded aggr can use.
  * - pg_dump dumps aggr's tables (0.1 dumped only CREATE EXTENSION).
+ * - aggr_publish_ndjson(text): one event per line, as log shippers send.
  */
 
 \echo Use "ALTER EXTENSION aggr UPDATE TO '0.2'" to load this file. \quit
@@ -55,3 +56,11 @@ SELECT pg_catalog.pg_extension_config_dump('aggr.counters', '');
 SELECT pg_catalog.pg_extension_config_dump('aggr.rejected', '');
 SELECT pg_catalog.pg_extension_config_dump('aggr.rejected_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
+
+CREATE FUNCTION aggr_publish_ndjson(request text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'aggr_publish_ndjson'
+    LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION aggr_publish_ndjson(text) IS
+    'aggr: aggr_publish of newline-delimited JSON, one event per line (line k is event k - 1)';
+REVOKE ALL ON FUNCTION aggr_publish_ndjson(text) FROM PUBLIC;

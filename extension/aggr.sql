@@ -91,6 +91,13 @@ CREATE FUNCTION aggr_publish_text(request text) RETURNS jsonb
 COMMENT ON FUNCTION aggr_publish_text(text) IS
     'aggr: aggr_publish of a request given as JSON text; with a broker a request of several events is queued in its own text';
 
+CREATE FUNCTION aggr_publish_ndjson(request text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'aggr_publish_ndjson'
+    LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION aggr_publish_ndjson(text) IS
+    'aggr: aggr_publish of newline-delimited JSON, one event per line (line k is event k - 1)';
+
 CREATE FUNCTION aggr.runtime_status() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'aggr_runtime_status'
     LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
@@ -217,5 +224,6 @@ SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
  * any privilege on the tables.  Nobody gets EXECUTE by default.
  */
 REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_publish(jsonb), aggr_publish_text(text),
+    aggr_publish_ndjson(text),
     aggr_events(text, integer, bigint),
     aggr_stats(), aggr_health(), aggr.runtime_status() FROM PUBLIC;

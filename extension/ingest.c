@@ -1,7 +1,8 @@
 /*
  * ingest.c
  *		The ingest core, the one code path every event takes into the table,
- *		and the SQL entry points aggr_ingest() and aggr_publish().
+ *		and the SQL entry points aggr_ingest(), aggr_publish() and its text
+ *		and NDJSON forms.
  *
  * A batch is written by ONE statement that inserts the events in key order
  * with ON CONFLICT DO NOTHING (the first version of a key wins), counts what
@@ -34,6 +35,7 @@
 PG_FUNCTION_INFO_V1(aggr_ingest);
 PG_FUNCTION_INFO_V1(aggr_publish);
 PG_FUNCTION_INFO_V1(aggr_publish_text);
+PG_FUNCTION_INFO_V1(aggr_publish_ndjson);
 
 /* How often a batch is tried when it loses a deadlock. */
 #define AGGR_INGEST_ATTEMPTS 5
@@ -295,4 +297,97 @@ aggr_publish_text(PG_FUNCTION_ARGS)
 	Jsonb	   *request = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 
 	PG_RETURN_JSONB_P(Publish(request, json, VARSIZE_ANY_EXHDR(body)));
+}
+
+/*
+ * One NDJSON line as jsonb.  A parse error is raised again with the line's
+ * number first, so the caller (a log shipper's operator) can find it.
+ */
+static Jsonb *
+ParseNdjsonLine(const char *line, int len, int number)
+{
+	MemoryContext context = CurrentMemoryContext;
+	char	   *copy = pnstrdup(line, len);
+	Jsonb	   *value = NULL;
+
+	PG_TRY();
+	{
+		value = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(copy)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				errcode(edata->sqlerrcode),
+				errmsg("line %d: %s", number, edata->message),
+				edata->detail ? errdetail("%s", edata->detail) : 0);
+	}
+	PG_END_TRY();
+	pfree(copy);
+	return value;
+}
+
+/*
+ * aggr_publish_ndjson(text) -> jsonb: aggr_publish of newline-delimited JSON,
+ * one event per line, as log shippers send it (Vector's and Fluent Bit's http
+ * outputs).  Line k (from 1) is event k - 1 of the request, so a validation
+ * error's "event N" is line N + 1.  Lines may end in CRLF; a line that is
+ * empty is an error, except after the last event.
+ */
+Datum
+aggr_publish_ndjson(PG_FUNCTION_ARGS)
+{
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	const char *p = VARDATA_ANY(body);
+	const char *end = p + VARSIZE_ANY_EXHDR(body);
+	JsonbParseState *state = NULL;
+	int			nlines = 0;
+	int			number = 0;
+
+	/* the trailing newlines end the last line; they are no lines of their own */
+	while (end > p && (end[-1] == '\n' || end[-1] == '\r'))
+		end--;
+	for (const char *q = p; q < end; q++)
+		nlines += (*q == '\n');
+	if (end > p && nlines + 1 > aggr_max_request_events)
+		ereport(ERROR,
+				errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				errmsg("request holds %d events, more than aggr.max_request_events (%d)",
+					   nlines + 1, aggr_max_request_events),
+				errhint("Split the request into smaller batches."));
+
+	pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+	while (p < end)
+	{
+		const char *eol = memchr(p, '\n', end - p);
+		int			len = (eol ? eol : end) - p;
+		JsonbValue	element;
+		Jsonb	   *value;
+
+		number++;
+		if (len > 0 && p[len - 1] == '\r')
+			len--;
+		if (len == 0)
+			ereport(ERROR,
+					errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					errmsg("line %d is empty", number),
+					errdetail("NDJSON holds one event per line."));
+		value = ParseNdjsonLine(p, len, number);
+		if (JB_ROOT_IS_SCALAR(value))
+			(void) JsonbExtractScalar(&value->root, &element);	/* validation refuses it */
+		else
+		{
+			element.type = jbvBinary;
+			element.val.binary.data = &value->root;
+			element.val.binary.len = VARSIZE(value) - VARHDRSZ;
+		}
+		pushJsonbValue(&state, WJB_ELEM, &element);
+		p = eol ? eol + 1 : end;
+	}
+	PG_RETURN_JSONB_P(Publish(JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_ARRAY, NULL)),
+							  NULL, 0));
 }

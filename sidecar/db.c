@@ -84,6 +84,12 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"FROM sized",
 		4, {TEXTOID, INT4OID, INT8OID, INT8OID}
 	},
+	[AGGR_STMT_PUBLISH_NDJSON] = {
+		"aggr_publish_ndjson",
+		"SELECT r::text, r ? 'unique', r->>'accepted' "
+		"FROM aggr_publish_ndjson($1) AS r",
+		1, {TEXTOID}
+	},
 	[AGGR_STMT_STATS] = {
 		"aggr_stats",
 		"SELECT aggr_stats()::text",

@@ -29,10 +29,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include <zlib.h>
+
 #include "sidecar.h"
 
 #define EVENTS_DEFAULT_LIMIT 100
 #define BODY_FIRST_RESERVE (64 * 1024)
+#define INFLATE_STEP (64 * 1024)	/* output room added per inflate() call */
 #define EVENTS_MAX_LIMIT 10000
 
 typedef struct RouteDef
@@ -148,6 +151,45 @@ FirstReserve(int64_t content_length)
 	return (content_length < BODY_FIRST_RESERVE ? (size_t) content_length : BODY_FIRST_RESERVE) + 1;
 }
 
+/* a media type is name, optionally followed by parameters (";...") */
+static bool
+IsMediaType(const char *value, const char *name)
+{
+	size_t		n = strlen(name);
+
+	return value != NULL && strncasecmp(value, name, n) == 0 &&
+		(value[n] == '\0' || value[n] == ';' || value[n] == ' ');
+}
+
+/*
+ * Content-Type and Content-Encoding: NDJSON (one event per line, what log
+ * shippers send) or JSON; gzip or zlib-wrapped deflate, inflated as it
+ * arrives (--max-body then bounds the inflated size too), or identity.
+ * False, answered 415, for another encoding.
+ */
+static bool
+PublishFormat(AggrRequest *req, const AggrRequestIn *in)
+{
+	const char *type = in->header(in->arg, "Content-Type");
+	const char *encoding = in->header(in->arg, "Content-Encoding");
+
+	req->ndjson = IsMediaType(type, "application/x-ndjson") ||
+		IsMediaType(type, "application/ndjson");
+	if (encoding == NULL || strcasecmp(encoding, "identity") == 0)
+		return true;
+	if (strcasecmp(encoding, "gzip") != 0 && strcasecmp(encoding, "x-gzip") != 0 &&
+		strcasecmp(encoding, "deflate") != 0)
+	{
+		AnswerError(req, 415, "unsupported Content-Encoding; gzip, deflate or identity are accepted");
+		return false;
+	}
+	/* window bits 15 + 32: either a gzip or a zlib header */
+	req->inflater = AggrCalloc(1, sizeof(z_stream));
+	if (inflateInit2(req->inflater, 15 + 32) != Z_OK)
+		abort();				/* only out of memory */
+	return true;
+}
+
 /*
  * Decisions taken from the headers alone, before any body byte is read;
  * answers the request when one of them refuses it.
@@ -180,6 +222,8 @@ PublishHeaders(AggrRequest *req, const AggrRequestIn *in)
 		AnswerError(req, 400, "invalid Content-Length");
 	else if (len > (int64_t) aggr_config.max_body)
 		AnswerError(req, 413, "request body too large");
+	else if (!PublishFormat(req, in))
+		return;
 	else if (!ReserveBody(req, FirstReserve(len)))
 	{
 		req->answer.retry_after = true;
@@ -210,43 +254,105 @@ BodyTooSlow(const AggrRequest *req, size_t received)
 	return late_us > 0 && (double) received < (double) aggr_config.min_body_rate * late_us / 1e6;
 }
 
+/* room for more body bytes; false, with a flag set, when there is none */
+static bool
+GrowBody(AggrRequest *req, size_t more)
+{
+	size_t		need = req->body_len + more + 1;
+	size_t		cap = req->body_cap;
+
+	if (more > aggr_config.max_body - req->body_len)
+	{
+		req->too_large = true;
+		return false;
+	}
+	if (need <= req->body_cap)
+		return true;
+	while (cap < need)
+		cap *= 2;
+	if (!ReserveBody(req, cap - req->body_cap))
+	{
+		req->over_budget = true;
+		return false;
+	}
+	req->body = AggrRealloc(req->body, cap);
+	req->body_cap = cap;
+	return true;
+}
+
+/*
+ * Inflates one chunk of a compressed body into the body buffer.  Past
+ * --max-body, one byte more of output is a 413, decided while inflating: a
+ * small bomb never becomes a large buffer.
+ */
+static void
+Inflate(AggrRequest *req, const char *data, size_t size)
+{
+	z_stream   *z = req->inflater;
+	char		spill;
+
+	z->next_in = (Bytef *) data;
+	z->avail_in = (uInt) size;
+	for (;;)
+	{
+		bool		full = req->body_len == aggr_config.max_body;
+		size_t		room = full ? 1 : aggr_config.max_body - req->body_len;
+		int			rc;
+
+		if (room > INFLATE_STEP)
+			room = INFLATE_STEP;
+		if (z->avail_in > 0 && req->inflated)
+		{
+			req->bad_encoding = true;	/* bytes after the compressed stream */
+			return;
+		}
+		if (!full && !GrowBody(req, room))
+			return;
+		z->next_out = (Bytef *) (full ? &spill : req->body + req->body_len);
+		z->avail_out = (uInt) room;
+		rc = inflate(z, Z_NO_FLUSH);
+		if (full && z->avail_out == 0)
+		{
+			req->too_large = true;
+			return;
+		}
+		if (!full)
+			req->body_len += room - z->avail_out;
+		if (rc == Z_STREAM_END)
+			req->inflated = true;
+		else if (rc != Z_OK)
+		{
+			req->bad_encoding = true;	/* Z_DATA_ERROR, or no progress */
+			return;
+		}
+		if (z->avail_in == 0 && z->avail_out > 0)
+			return;				/* all taken, nothing pending */
+	}
+}
+
 static void
 PublishAppend(AggrRequest *req, const char *data, size_t size)
 {
-	size_t		need;
-
-	if (req->too_large || req->over_budget || req->too_slow)
+	if (req->too_large || req->over_budget || req->too_slow || req->bad_encoding)
 		return;					/* discarding the rest */
-	need = req->body_len + size + 1;
-	if (size > aggr_config.max_body - req->body_len)
-		req->too_large = true;
-	else if (BodyTooSlow(req, req->body_len + size))
+	req->wire_len += size;
+	if (BodyTooSlow(req, req->wire_len))
 		req->too_slow = true;
-	else if (need > req->body_cap)
+	else if (req->inflater)
+		Inflate(req, data, size);
+	else if (GrowBody(req, size))
 	{
-		size_t		cap = req->body_cap;
-
-		while (cap < need)
-			cap *= 2;
-		if (ReserveBody(req, cap - req->body_cap))
-		{
-			req->body = AggrRealloc(req->body, cap);
-			req->body_cap = cap;
-		}
-		else
-			req->over_budget = true;
+		memcpy(req->body + req->body_len, data, size);
+		req->body_len += size;
 	}
-	if (req->too_large || req->over_budget || req->too_slow)
+	if (req->too_large || req->over_budget || req->too_slow || req->bad_encoding)
 	{
 		free(req->body);
 		req->body = NULL;
 		req->body_len = req->body_cap = 0;
 		atomic_fetch_sub(&buffered, req->reserved);
 		req->reserved = 0;
-		return;
 	}
-	memcpy(req->body + req->body_len, data, size);
-	req->body_len += size;
 }
 
 static void
@@ -263,7 +369,8 @@ Publish(AggrRequest *req, AggrDbExecFunc exec)
 	AggrDbError err = {0};
 	PGresult   *res;
 
-	res = exec(AGGR_STMT_PUBLISH, values, lengths, formats, &err);
+	res = exec(req->ndjson ? AGGR_STMT_PUBLISH_NDJSON : AGGR_STMT_PUBLISH,
+			   values, lengths, formats, &err);
 	if (res == NULL)
 		AnswerDbError(req, &err);
 	else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
@@ -620,7 +727,8 @@ AggrRequestStart(AggrRequest *req, const AggrRequestIn *in)
 void
 AggrRequestAppend(AggrRequest *req, const char *data, size_t size)
 {
-	if (req->body != NULL || req->too_large || req->over_budget || req->too_slow)
+	if (req->body != NULL || req->too_large || req->over_budget || req->too_slow ||
+		req->bad_encoding)
 		PublishAppend(req, data, size);
 }
 
@@ -640,6 +748,8 @@ AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in)
 		req->answer.retry_after = true;
 		AnswerError(req, 503, "too many request bodies in flight");
 	}
+	else if (req->bad_encoding || (req->inflater && !req->inflated))
+		AnswerError(req, 400, "body is not valid gzip or deflate data");
 	else if (req->route == AGGR_ROUTE_EVENTS)
 		EventsParams(req, in);
 	else if (req->route == AGGR_ROUTE_HEALTHZ)
@@ -679,6 +789,12 @@ AggrRequestFree(AggrRequest *req)
 {
 	atomic_fetch_sub(&buffered, req->reserved);
 	req->reserved = 0;
+	if (req->inflater)
+	{
+		inflateEnd(req->inflater);
+		free(req->inflater);
+		req->inflater = NULL;
+	}
 	free(req->body);
 	free(req->topic);
 	free(req->answer.link);

@@ -68,6 +68,7 @@ typedef enum AggrStmt
 	AGGR_STMT_STATS,
 	AGGR_STMT_HEALTH,
 	AGGR_STMT_METRICS,
+	AGGR_STMT_PUBLISH_NDJSON,	/* not a route: POST /publish of NDJSON */
 	AGGR_NUM_STMTS
 } AggrStmt;
 
@@ -172,6 +173,11 @@ typedef struct AggrRequest
 	bool		too_large;
 	bool		over_budget;	/* --max-buffered reached while reading */
 	bool		too_slow;		/* the body came slower than --min-body-rate */
+	bool		bad_encoding;	/* not the gzip or deflate data it said */
+	bool		ndjson;			/* Content-Type: application/x-ndjson */
+	struct z_stream_s *inflater;	/* Content-Encoding gzip/deflate, or NULL */
+	bool		inflated;		/* the compressed stream has ended */
+	size_t		wire_len;		/* body bytes received, compressed or not */
 	int64_t		body_since_us;	/* when the headers were in */
 	size_t		reserved;		/* bytes counted in the --max-buffered budget */
 	char	   *body;

@@ -3,12 +3,13 @@
 CREATE EXTENSION aggr;
 CREATE ROLE regress_aggr_publisher;
 CREATE ROLE regress_aggr_nobody;
-GRANT EXECUTE ON FUNCTION aggr_publish(jsonb), aggr_publish_text(text), aggr_ingest(jsonb),
+GRANT EXECUTE ON FUNCTION aggr_publish(jsonb), aggr_publish_text(text), aggr_publish_ndjson(text), aggr_ingest(jsonb),
     aggr_events(text, integer, bigint), aggr_stats(), aggr_health() TO regress_aggr_publisher;
 
 SET ROLE regress_aggr_publisher;
 SELECT aggr_publish('{"topic": "p", "event_id": "1", "timestamp": 0, "source": "s"}');
 SELECT aggr_publish_text('{"topic": "p", "event_id": "t", "timestamp": 0, "source": "s"}');
+SELECT aggr_publish_ndjson('{"topic": "p", "event_id": "n", "timestamp": 0, "source": "s"}');
 SELECT topic, event_id FROM aggr_events();
 SELECT aggr_stats() -> 'unique_processed' AS unique_processed;
 SELECT aggr_health() ->> 'status' AS status;
@@ -23,6 +24,7 @@ RESET ROLE;
 SET ROLE regress_aggr_nobody;
 SELECT aggr_publish('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "s"}');
 SELECT aggr_publish_text('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "s"}');
+SELECT aggr_publish_ndjson('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "s"}');
 SELECT aggr_stats();
 RESET ROLE;
 

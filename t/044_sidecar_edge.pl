@@ -18,6 +18,8 @@
 # - Slow bodies cannot hold the --max-buffered budget: a body is counted as
 #   it arrives, not as declared, and one slower than --min-body-rate after
 #   --timeout seconds is dropped.
+# - Shipper-ready: NDJSON bodies and gzip/deflate bodies (README's curl
+#   commands, run as written), --max-body bounding the inflated size.
 use strict;
 use warnings;
 
@@ -254,6 +256,57 @@ for my $url ('redis://:s3cret@127.0.0.1:1/0', 'rediss://user:s3cret@127.0.0.1:1/
     # (not a speed check: without the rate bound they stay open past 15 s)
     ok(time() - $t0 < 10, sprintf('once it fell below 1K/s after the 3 s grace, %.1f s in', time() - $t0));
     check_invariants($node, 'after the slow bodies', unique => 2000);
+    stop_sidecar($sc);
+    $node->stop;
+}
+
+# --- NDJSON and compressed bodies, as README shows them -----------------
+{
+    my $node = new_node('shippers');
+    my $sc = start_sidecar($node, args => ['--max-body=1M']);
+    wait_healthz($sc->{port});
+    my $dir = $node->basedir;
+    my $url = "http://127.0.0.1:$sc->{port}/publish";
+    open(my $fh, '>', "$dir/events.ndjson") or die;
+    print $fh sprintf($event, "nd$_") . "\n" for 1 .. 300;
+    close $fh;
+    # README: curl --data-binary @events.ndjson -H 'Content-Type: application/x-ndjson' URL
+    my $out = `curl -sS -w ' %{http_code}' --data-binary \@$dir/events.ndjson -H 'Content-Type: application/x-ndjson' $url`;
+    like($out, qr/"unique": 300.* 200$/, 'NDJSON with curl: 300 events stored');
+    # README: gzip -c events.ndjson | curl --data-binary @- -H 'Content-Encoding: gzip' ...
+    $out = `gzip -c $dir/events.ndjson | curl -sS -w ' %{http_code}' --data-binary \@- -H 'Content-Type: application/x-ndjson' -H 'Content-Encoding: gzip' $url`;
+    like($out, qr/"duplicates": 300.* 200$/, 'gzip NDJSON with curl: the same 300, all duplicates');
+    open($fh, '>', "$dir/batch.json") or die;
+    print $fh '[' . join(',', map { sprintf($event, "gz$_") } 1 .. 50) . ']';
+    close $fh;
+    $out = `gzip -c $dir/batch.json | curl -sS -w ' %{http_code}' --data-binary \@- -H 'Content-Encoding: gzip' $url`;
+    like($out, qr/"unique": 50.* 200$/, 'a gzip JSON array: stored');
+    $out = `perl -MCompress::Zlib -0777 -ne 'print compress(\$_)' $dir/batch.json | curl -sS -w ' %{http_code}' --data-binary \@- -H 'Content-Encoding: deflate' $url`;
+    like($out, qr/"duplicates": 50.* 200$/, 'a deflate (zlib) body: read too');
+
+    # errors: the line is named; bad or unknown encodings; a bomb is a 413
+    my $r = http($sc->{port}, 'POST', '/publish', headers => { 'Content-Type' => 'application/x-ndjson' },
+        body => sprintf($event, 'x1') . "\n{\"topic\": \n");
+    is($r->{status}, 400, 'NDJSON with a broken line: 400');
+    like(json($r)->{error}, qr/^line 2: /, 'the error names line 2');
+    $r = http($sc->{port}, 'POST', '/publish', headers => { 'Content-Type' => 'application/x-ndjson' },
+        body => sprintf($event, 'x1') . "\n" . '{"topic":"edge","event_id":7,"timestamp":0,"source":"s"}' . "\n");
+    is($r->{status}, 422, 'NDJSON with a bad event: 422');
+    like(json($r)->{error}, qr/^event 1: event_id/, 'the error names event 1 (line 2)');
+    $r = http($sc->{port}, 'POST', '/publish', headers => { 'Content-Encoding' => 'br' }, body => sprintf($event, 'x2'));
+    is($r->{status}, 415, 'Content-Encoding br: 415');
+    $r = http($sc->{port}, 'POST', '/publish', headers => { 'Content-Encoding' => 'gzip' }, body => sprintf($event, 'x3'));
+    is($r->{status}, 400, 'a body that is not gzip: 400');
+    like(json($r)->{error}, qr/not valid gzip/, 'says so');
+    system("head -c 200000000 /dev/zero | gzip -1 > $dir/bomb.gz") == 0 or die;
+    ok(-s "$dir/bomb.gz" < 1024 * 1024, 'a 200 MB bomb compresses under --max-body');
+    my $rss_before = SidecarTest::rss_kb($sc->{pid});
+    $out = `curl -sS -o /dev/null -w '%{http_code}' --data-binary \@$dir/bomb.gz -H 'Content-Encoding: gzip' $url`;
+    is($out, '413', 'the bomb: 413, decided while inflating');
+    ok(SidecarTest::rss_kb($sc->{pid}) - $rss_before < 20 * 1024, 'and the sidecar did not grow by the inflated size');
+    is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.events WHERE event_id LIKE 'x%'}), 0,
+        'nothing of the refused requests was stored');
+    check_invariants($node, 'shippers', unique => 350, duplicates => 350);
     stop_sidecar($sc);
     $node->stop;
 }
