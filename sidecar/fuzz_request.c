@@ -908,6 +908,7 @@ ModelRoute(const char *path)
 		[AGGR_ROUTE_STATS] = "/stats",
 		[AGGR_ROUTE_HEALTHZ] = "/healthz",
 		[AGGR_ROUTE_METRICS] = "/metrics",
+		[AGGR_ROUTE_OPENAPI] = "/openapi.json",
 	};
 
 	for (int r = 0; r < AGGR_ROUTE_OTHER; r++)
@@ -963,6 +964,11 @@ Model(const Input *in)
 	{
 		e.allow = route == AGGR_ROUTE_PUBLISH ? "POST" : "GET, HEAD";
 		return e.status = 405, e;
+	}
+	if (route == AGGR_ROUTE_OPENAPI)
+	{
+		e.forwarded = aggr_openapi_json;	/* the document, no database */
+		return e.status = 200, e;
 	}
 	if (route == AGGR_ROUTE_PUBLISH)
 	{

@@ -30,6 +30,7 @@ static const char *const route_names[AGGR_NUM_ROUTES] = {
 	[AGGR_ROUTE_STATS] = "/stats",
 	[AGGR_ROUTE_HEALTHZ] = "/healthz",
 	[AGGR_ROUTE_METRICS] = "/metrics",
+	[AGGR_ROUTE_OPENAPI] = "/openapi.json",
 	[AGGR_ROUTE_OTHER] = "other",
 };
 

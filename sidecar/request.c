@@ -53,6 +53,7 @@ static const RouteDef routes[] = {
 	{"/stats", AGGR_ROUTE_STATS, false, true},
 	{"/healthz", AGGR_ROUTE_HEALTHZ, false, false},
 	{"/metrics", AGGR_ROUTE_METRICS, false, false},
+	{"/openapi.json", AGGR_ROUTE_OPENAPI, false, false},
 };
 
 static atomic_size_t buffered;	/* body bytes reserved by all requests */
@@ -715,6 +716,8 @@ AggrRequestStart(AggrRequest *req, const AggrRequestIn *in)
 	}
 	else if (def->post)
 		PublishHeaders(req, in);
+	else if (def->route == AGGR_ROUTE_OPENAPI)
+		Answer(req, 200, json_type, aggr_openapi_json, aggr_openapi_json_len);
 	else if (def->reads_events && aggr_config.read_token &&
 			 !TokenMatches(aggr_config.read_token, in->header(in->arg, "Authorization")))
 	{

@@ -109,6 +109,10 @@ extern const AggrErrorMap *AggrSqlstateLookup(const char *sqlstate);
 extern void AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err);
 extern bool AggrDbIsConnectionError(const AggrDbError *err);
 
+/* openapi_json.c, made from openapi.json by the Makefile */
+extern const char aggr_openapi_json[];
+extern const size_t aggr_openapi_json_len;
+
 /* metrics.c */
 typedef enum AggrRoute
 {
@@ -117,6 +121,7 @@ typedef enum AggrRoute
 	AGGR_ROUTE_STATS,
 	AGGR_ROUTE_HEALTHZ,
 	AGGR_ROUTE_METRICS,
+	AGGR_ROUTE_OPENAPI,
 	AGGR_ROUTE_OTHER,
 	AGGR_NUM_ROUTES
 } AggrRoute;

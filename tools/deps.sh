@@ -6,7 +6,7 @@ AGGR_PACKAGES=(
     postgresql-15 postgresql-server-dev-15 libpq-dev
     redis-server libhiredis-dev
     libmicrohttpd-dev libcurl4-openssl-dev
-    libipc-run-perl valgrind python3-yaml gnuplot-nox
+    libipc-run-perl valgrind python3-yaml python3-jsonschema gnuplot-nox
     clang-14 libclang-rt-14-dev
     bison flex dpkg-dev zlib1g-dev
 )
