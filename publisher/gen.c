@@ -208,13 +208,14 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 		batch->count = (int) ((n - batch->first < opts->batch_size) ?
 							  n - batch->first : opts->batch_size);
 		AggrBufInit(&body, 0);
-		AggrBufAppend(&body, "[", 1);
+		if (!opts->ndjson)
+			AggrBufAppend(&body, "[", 1);
 		for (long i = batch->first; i < batch->first + batch->count; i++)
 		{
 			uint32_t	u = order[i];
 			AggrEvent  *ev = &stream->events[i];
 
-			if (i > batch->first)
+			if (i > batch->first && !opts->ndjson)
 				AggrBufAppend(&body, ",", 1);
 			ev->unique = u;
 			ev->offset = (uint32_t) body.len;
@@ -237,8 +238,11 @@ AggrGenBuild(const AggrGenOptions *opts, AggrStream *stream, char *err, size_t e
 				AggrBufAppend(&body, bytes, orig->length);
 			}
 			ev->length = (uint32_t) (body.len - ev->offset);
+			if (opts->ndjson)
+				AggrBufAppend(&body, "\n", 1);
 		}
-		AggrBufAppend(&body, "]", 1);
+		if (!opts->ndjson)
+			AggrBufAppend(&body, "]", 1);
 		batch->body = AggrRealloc(body.data, body.len + 1); /* drop the slack */
 		batch->length = body.len;
 	}

@@ -25,6 +25,7 @@ typedef struct AggrGenOptions
 	int			topics;			/* topic_0 ... topic_<topics-1> */
 	const char *source;
 	int64_t		base_time_ms;	/* timestamp of the newest event, Unix ms */
+	bool		ndjson;			/* bodies as one event per line, not an array */
 } AggrGenOptions;
 
 /* One event in send order: which unique event it copies, and its bytes. */
@@ -35,7 +36,7 @@ typedef struct AggrEvent
 	uint32_t	length;
 } AggrEvent;
 
-/* One request: a JSON array of consecutive events of the send order. */
+/* One request: consecutive events of the send order, as a JSON array or NDJSON. */
 typedef struct AggrBatch
 {
 	char	   *body;

@@ -65,6 +65,8 @@ typedef struct Options
 	long		expect_unique;	/* < 0: decide from the seed's history */
 	bool		verify;
 	bool		json;
+	bool		ndjson;			/* --format ndjson */
+	bool		gzip;			/* --gzip */
 	bool		quiet;
 } Options;
 
@@ -128,6 +130,10 @@ Usage(FILE *out)
 			"  --expect-unique N      with --verify: expected growth of unique_processed\n"
 			"  --ledger FILE          one line per event: topic TAB event_id TAB\n"
 			"                         acked|failed|unknown\n"
+			"  --format json|ndjson   HTTP bodies as a JSON array (default) or one\n"
+			"                         event per line (application/x-ndjson)\n"
+			"  --gzip                 HTTP bodies gzip-compressed (Content-Encoding),\n"
+			"                         each compressed once before the run\n"
 			"  --json                 print the summary as JSON on stdout\n"
 			"  --quiet                no progress and no human summary\n"
 			"  --help                 show this help\n\n"
@@ -180,7 +186,7 @@ ParseOptions(int argc, char **argv, Options *o)
 		OPT_URL = 256, OPT_VIA, OPT_QUEUE_KEY, OPT_EVENTS, OPT_DUP_RATIO, OPT_BATCH,
 		OPT_TOPICS, OPT_CONCURRENCY, OPT_RATE, OPT_SEED, OPT_SOURCE, OPT_TOKEN, OPT_WAIT_READY,
 		OPT_MAX_RETRY, OPT_TIMEOUT, OPT_VERIFY, OPT_VERIFY_TIMEOUT, OPT_EXPECT_UNIQUE,
-		OPT_LEDGER, OPT_JSON, OPT_QUIET, OPT_HELP
+		OPT_LEDGER, OPT_JSON, OPT_QUIET, OPT_FORMAT, OPT_GZIP, OPT_HELP
 	};
 	static const struct option longopts[] = {
 		{"url", required_argument, NULL, OPT_URL},
@@ -203,6 +209,8 @@ ParseOptions(int argc, char **argv, Options *o)
 		{"expect-unique", required_argument, NULL, OPT_EXPECT_UNIQUE},
 		{"ledger", required_argument, NULL, OPT_LEDGER},
 		{"json", no_argument, NULL, OPT_JSON},
+		{"format", required_argument, NULL, OPT_FORMAT},
+		{"gzip", no_argument, NULL, OPT_GZIP},
 		{"quiet", no_argument, NULL, OPT_QUIET},
 		{"help", no_argument, NULL, OPT_HELP},
 		{NULL, 0, NULL, 0}
@@ -296,6 +304,15 @@ ParseOptions(int argc, char **argv, Options *o)
 				break;
 			case OPT_JSON:
 				o->json = true;
+				break;
+			case OPT_FORMAT:
+				ok = strcmp(optarg, "json") == 0 || strcmp(optarg, "ndjson") == 0;
+				o->ndjson = strcmp(optarg, "ndjson") == 0;
+				if (!ok)
+					fprintf(stderr, "aggr-publisher: --format must be json or ndjson\n");
+				break;
+			case OPT_GZIP:
+				o->gzip = true;
 				break;
 			case OPT_QUIET:
 				o->quiet = true;
@@ -777,7 +794,8 @@ main(int argc, char **argv)
 	g = (AggrGenOptions)
 	{
 		.seed = o.seed,.events = o.events,.dup_ratio = o.dup_ratio,.batch_size = o.batch,
-			.topics = o.topics,.source = o.source,.base_time_ms = AggrWallMs()
+			.topics = o.topics,.source = o.source,.base_time_ms = AggrWallMs(),
+			.ndjson = o.ndjson
 	};
 	if (!AggrGenBuild(&g, &stream, err, sizeof(err)))
 		goto done;
@@ -814,6 +832,8 @@ main(int argc, char **argv)
 	run.rate_per_s = o.rate;
 	run.timeout_ms = o.timeout_s * 1000;
 	run.token = o.token;
+	run.ndjson = o.ndjson;
+	run.gzip = o.gzip;
 	run.progress = o.quiet ? AGGR_PROGRESS_NONE :
 		isatty(STDERR_FILENO) ? AGGR_PROGRESS_TTY : AGGR_PROGRESS_LINES;
 	run.interrupted = &interrupted;

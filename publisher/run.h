@@ -39,6 +39,8 @@ typedef struct AggrRun
 								 * = no pacing */
 	double		timeout_ms;		/* one request, connection included */
 	const char *token;			/* bearer token, or NULL */
+	bool		ndjson;			/* NDJSON bodies (AggrGenOptions) */
+	bool		gzip;			/* send them gzip-compressed */
 	AggrProgressMode progress;
 	volatile sig_atomic_t *interrupted;
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <curl/curl.h>
+#include <zlib.h>
 
 #include "json.h"
 #include "send.h"
@@ -70,13 +71,16 @@ BuildUrl(AggrBuf *url, const char *base_url, const char *path)
 }
 
 static struct curl_slist *
-BuildHeaders(const char *token, bool json_body)
+BuildHeaders(const char *token, bool json_body, bool ndjson, bool gzip)
 {
 	struct curl_slist *headers = NULL;
 
 	if (json_body)
 	{
-		headers = curl_slist_append(headers, "Content-Type: application/json");
+		headers = curl_slist_append(headers, ndjson ? "Content-Type: application/x-ndjson" :
+									"Content-Type: application/json");
+		if (gzip)
+			headers = curl_slist_append(headers, "Content-Encoding: gzip");
 		headers = curl_slist_append(headers, "Expect:");	/* no 100-continue round
 															 * trip */
 	}
@@ -139,7 +143,7 @@ AggrHttpGet(const char *base_url, const char *path, const char *token,
 			double timeout_ms, long *status, AggrBuf *body, char *err, size_t errlen)
 {
 	CURL	   *easy = curl_easy_init();
-	struct curl_slist *headers = BuildHeaders(token, false);
+	struct curl_slist *headers = BuildHeaders(token, false, false, false);
 	char		errbuf[CURL_ERROR_SIZE] = "";
 	AggrBuf		url;
 	CURLcode	rc;
@@ -166,6 +170,56 @@ AggrHttpGet(const char *base_url, const char *path, const char *token,
 	return rc == CURLE_OK;
 }
 
+/*
+ * What goes on the wire for each batch: its body, or with --gzip the body
+ * compressed once before the run (so the run times the server, not zlib).
+ */
+static AggrBuf *wire = NULL;
+
+static bool
+CompressBodies(const AggrStream *stream, char *err, size_t errlen)
+{
+	wire = AggrCalloc((size_t) stream->n_batches, sizeof(AggrBuf));
+	for (int b = 0; b < stream->n_batches; b++)
+	{
+		const AggrBatch *batch = &stream->batches[b];
+		z_stream	z = {0};
+		int			rc;
+
+		/* windowBits 15 + 16: a gzip header and trailer */
+		if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+			return snprintf(err, errlen, "deflateInit2 failed"), false;
+		AggrBufInit(&wire[b], deflateBound(&z, batch->length) + 32);
+		z.next_in = (Bytef *) batch->body;
+		z.avail_in = (uInt) batch->length;
+		z.next_out = (Bytef *) wire[b].data;
+		z.avail_out = (uInt) wire[b].cap;
+		rc = deflate(&z, Z_FINISH);
+		wire[b].len = wire[b].cap - z.avail_out;
+		deflateEnd(&z);
+		if (rc != Z_STREAM_END)
+			return snprintf(err, errlen, "could not compress batch %d", b), false;
+	}
+	return true;
+}
+
+static void
+FreeWire(const AggrStream *stream)
+{
+	if (wire == NULL)
+		return;
+	for (int b = 0; b < stream->n_batches; b++)
+		AggrBufFree(&wire[b]);
+	free(wire);
+	wire = NULL;
+}
+
+static size_t
+WireLength(const AggrStream *stream, int b)
+{
+	return wire ? wire[b].len : stream->batches[b].length;
+}
+
 static void
 StartRequest(AggrRun *run, CURLM *multi, Slot *slot, int b, double now_ms)
 {
@@ -175,8 +229,8 @@ StartRequest(AggrRun *run, CURLM *multi, Slot *slot, int b, double now_ms)
 	slot->started_ms = now_ms;
 	slot->error[0] = '\0';
 	AggrBufReset(&slot->answer);
-	curl_easy_setopt(slot->easy, CURLOPT_POSTFIELDS, batch->body);
-	curl_easy_setopt(slot->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) batch->length);
+	curl_easy_setopt(slot->easy, CURLOPT_POSTFIELDS, wire ? wire[b].data : batch->body);
+	curl_easy_setopt(slot->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) WireLength(run->stream, b));
 	curl_multi_add_handle(multi, slot->easy);
 	AggrRunStarted(run, b);
 }
@@ -195,7 +249,6 @@ AnswerField(const AggrBuf *answer, const char *key)
 static void
 FinishRequest(AggrRun *run, CURLM *multi, Slot *slot, CURLcode rc, double now_ms)
 {
-	const AggrBatch *batch = &run->stream->batches[slot->batch];
 	long		status = 0;
 	curl_off_t	uploaded = 0;
 	curl_off_t	retry_after = 0;
@@ -210,7 +263,7 @@ FinishRequest(AggrRun *run, CURLM *multi, Slot *slot, CURLcode rc, double now_ms
 	curl_multi_remove_handle(multi, slot->easy);
 
 	attempt = AggrClassifyHttp(status, rc != CURLE_OK,
-							   uploaded >= (curl_off_t) batch->length,
+							   uploaded >= (curl_off_t) WireLength(run->stream, slot->batch),
 							   rc == CURLE_OK &&
 							   AggrJsonFieldIs(slot->answer.data, slot->answer.len,
 											   "outcome", "\"unknown\""));
@@ -237,10 +290,13 @@ bool
 AggrSendHttp(AggrRun *run, const char *base_url, char *err, size_t errlen)
 {
 	CURLM	   *multi = curl_multi_init();
-	struct curl_slist *headers = BuildHeaders(run->token, true);
+	struct curl_slist *headers = BuildHeaders(run->token, true, run->ndjson, run->gzip);
 	Slot	   *slots = AggrCalloc((size_t) run->concurrency, sizeof(Slot));
 	AggrBuf		url;
 	bool		ok = true;
+
+	if (run->gzip && !CompressBodies(run->stream, err, errlen))
+		ok = false;
 
 	AggrBufInit(&url, 0);
 	BuildUrl(&url, base_url, "/publish");
@@ -313,5 +369,6 @@ AggrSendHttp(AggrRun *run, const char *base_url, char *err, size_t errlen)
 	curl_multi_cleanup(multi);
 	curl_slist_free_all(headers);
 	AggrBufFree(&url);
+	FreeWire(run->stream);
 	return ok;
 }
