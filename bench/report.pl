@@ -13,6 +13,7 @@ my %what = (
     raw     => 'raw SQL ceiling (INSERT ... SELECT jsonb_to_recordset ON CONFLICT DO NOTHING)',
     ingest  => 'SELECT aggr_ingest(batch)',
     http    => 'HTTP POST /publish, direct mode',
+    http_ndjson_gzip => 'HTTP POST /publish, direct mode, gzip NDJSON bodies',
     drain   => 'consumers draining a pre-filled Redis queue',
     publish => 'HTTP POST /publish, broker mode, until drained',
 );

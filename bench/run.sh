@@ -8,6 +8,8 @@
 #            batches deadlock and would make the ceiling look lower)
 #   ingest   SELECT aggr_ingest(batch::jsonb), same batches, same clients
 #   http     aggr-publisher -> aggr-sidecar POST /publish, direct mode
+#   http_ndjson_gzip  the same with gzip-compressed NDJSON bodies, as log
+#            shippers send (--format ndjson --gzip)
 #   drain    4 consumers (the default) draining a pre-filled Redis queue
 #            (appendfsync always); peak RSS = their private memory, summed
 #   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
@@ -116,16 +118,21 @@ for n in $sizes; do
     record ingest "$n" "$ingest" "" "" ""
 done
 
-echo "=== HTTP: POST /publish in direct mode (sidecar, 2 connections)"
+echo "=== HTTP: POST /publish in direct mode (sidecar, 2 connections), JSON arrays and gzip NDJSON"
 for n in $sizes; do
     raw_var="raw_$n"; raw=${!raw_var}
-    sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
-    sidecar_start --threads 2
-    summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
-    record http "$n" "$(json_field events_per_second <<< "$summary" | cut -d. -f1)" \
-        "$(json_field latency_ms.p50 <<< "$summary")" "$(json_field latency_ms.p99 <<< "$summary")" \
-        "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
-    sidecar_stop
+    for body in json ndjson-gzip; do
+        sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
+        sidecar_start --threads 2
+        flags=()
+        [ "$body" = ndjson-gzip ] && flags=(--format ndjson --gzip)
+        summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 "${flags[@]}" --json --quiet)
+        record "$([ "$body" = json ] && echo http || echo http_ndjson_gzip)" "$n" \
+            "$(json_field events_per_second <<< "$summary" | cut -d. -f1)" \
+            "$(json_field latency_ms.p50 <<< "$summary")" "$(json_field latency_ms.p99 <<< "$summary")" \
+            "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
+        sidecar_stop
+    done
 done
 
 echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
