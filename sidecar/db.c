@@ -294,7 +294,8 @@ static void
 SetConnectionError(AggrDbError *err, const DbSlot *slot, AggrStmt stmt,
 				   bool sent, const char *why)
 {
-	bool		maybe_applied = sent && stmt == AGGR_STMT_PUBLISH;
+	bool		maybe_applied = sent && (stmt == AGGR_STMT_PUBLISH ||
+										 stmt == AGGR_STMT_PUBLISH_NDJSON);
 
 	AggrLog("warning", "database connection %d: %s", slot->id, why);
 	SetError(err, "08006", maybe_applied ?

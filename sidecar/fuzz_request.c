@@ -884,15 +884,27 @@ ModelInflate(const Input *in, const char **out, size_t *out_len)
 
 	if (inflateInit2(&z, 15 + 32) != Z_OK)
 		Fail("inflateInit2");
+	/* the bytes within --max-body are inflated; what goes wrong first wins */
 	z.next_in = (Bytef *) in->body;
-	z.avail_in = (uInt) in->body_len;
+	z.avail_in = (uInt) (in->body_len < aggr_config.max_body ? in->body_len : aggr_config.max_body);
 	z.next_out = (Bytef *) buf;
 	z.avail_out = (uInt) aggr_config.max_body + 1;
-	rc = inflate(&z, Z_FINISH);
+	rc = inflate(&z, Z_NO_FLUSH);
+	/* gzip members one after another (RFC 1952) */
+	while (rc == Z_STREAM_END && z.avail_in > 0 && z.avail_out > 0)
+	{
+		if (inflateReset(&z) != Z_OK)
+			Fail("inflateReset");
+		rc = inflate(&z, Z_NO_FLUSH);
+	}
 	*out = buf;
 	*out_len = aggr_config.max_body + 1 - z.avail_out;
 	inflateEnd(&z);
 	if (*out_len > aggr_config.max_body)
+		return 413;
+	if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
+		return 400;
+	if (in->body_len > aggr_config.max_body)
 		return 413;
 	if (rc != Z_STREAM_END || z.avail_in != 0)
 		return 400;
@@ -1004,8 +1016,6 @@ Model(const Input *in)
 			e.may_exhaust = !(aggr_config.max_buffered >= 2 * aggr_config.max_body + 4098);
 			if (in->stalls)
 				return e;		/* never complete: no answer */
-			if (in->body_len > aggr_config.max_body)
-				return e.status = 413, e;
 			e.body = in->body;
 			e.body_len = in->body_len;
 			if (enc && strcasecmp(enc, "identity") != 0)
@@ -1015,6 +1025,8 @@ Model(const Input *in)
 				if (status != 0)
 					return e.status = status, e;
 			}
+			else if (in->body_len > aggr_config.max_body)
+				return e.status = 413, e;
 		}
 	}
 	else if ((route == AGGR_ROUTE_EVENTS || route == AGGR_ROUTE_STATS) && aggr_config.read_token &&

@@ -35,7 +35,9 @@
 
 #define EVENTS_DEFAULT_LIMIT 100
 #define BODY_FIRST_RESERVE (64 * 1024)
-#define INFLATE_STEP (64 * 1024)	/* output room added per inflate() call */
+#define INFLATE_STEP (64 * 1024)
+#define HEALTH_STALE_GRACE_US (2 * 1000000)	/* while a refresh runs */	/* output room added per
+																		 * inflate() call */
 #define EVENTS_MAX_LIMIT 10000
 
 typedef struct RouteDef
@@ -304,8 +306,10 @@ Inflate(AggrRequest *req, const char *data, size_t size)
 			room = INFLATE_STEP;
 		if (z->avail_in > 0 && req->inflated)
 		{
-			req->bad_encoding = true;	/* bytes after the compressed stream */
-			return;
+			/* another gzip member (RFC 1952 allows several); junk fails below */
+			if (inflateReset(z) != Z_OK)
+				abort();
+			req->inflated = false;
 		}
 		if (!full && !GrowBody(req, room))
 			return;
@@ -321,6 +325,8 @@ Inflate(AggrRequest *req, const char *data, size_t size)
 			req->body_len += room - z->avail_out;
 		if (rc == Z_STREAM_END)
 			req->inflated = true;
+		else if (rc == Z_BUF_ERROR && z->avail_in == 0)
+			return;				/* the output room ran out with the input */
 		else if (rc != Z_OK)
 		{
 			req->bad_encoding = true;	/* Z_DATA_ERROR, or no progress */
@@ -334,13 +340,26 @@ Inflate(AggrRequest *req, const char *data, size_t size)
 static void
 PublishAppend(AggrRequest *req, const char *data, size_t size)
 {
+	size_t		allowed;
+
 	if (req->too_large || req->over_budget || req->too_slow || req->bad_encoding)
 		return;					/* discarding the rest */
+
+	/*
+	 * --max-body bounds what is sent, compressed or not; a compressed body is
+	 * inflated up to that bound first, so what is wrong with its bytes is
+	 * found in the order they came, whatever the chunks.
+	 */
+	allowed = req->wire_len < aggr_config.max_body ? aggr_config.max_body - req->wire_len : 0;
 	req->wire_len += size;
 	if (BodyTooSlow(req, req->wire_len))
 		req->too_slow = true;
 	else if (req->inflater)
-		Inflate(req, data, size);
+	{
+		Inflate(req, data, size < allowed ? size : allowed);
+		if (size > allowed && !req->bad_encoding)
+			req->too_large = true;
+	}
 	else if (GrowBody(req, size))
 	{
 		memcpy(req->body + req->body_len, data, size);
@@ -472,8 +491,9 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
  * second; those asks must not queue ahead of publishes (health jobs go to the
  * head of the database queue), so an answer younger than health_cache_ms is
  * reused from the HTTP thread, and while one refresh is in flight the
- * previous answer serves the others.  A refresh older than --db-timeout is
- * taken as lost, so another may start.
+ * previous answer serves the others for two seconds more at most (past that a
+ * hanging database must not look healthy: probes queue and wait).  A refresh
+ * older than --db-timeout is taken as lost, so another may start.
  */
 static struct
 {
@@ -499,7 +519,10 @@ HealthFromCache(AggrRequest *req)
 	pthread_mutex_lock(&health.lock);
 	refreshing = health.refresh_since_us != 0 &&
 		now - health.refresh_since_us < (int64_t) aggr_config.db_timeout_ms * 1000 + 1000000;
-	if (health.at_us != 0 && (now - health.at_us < max_age || refreshing))
+	/* stale only briefly: a database that hangs must not look healthy */
+	if (health.at_us != 0 &&
+		(now - health.at_us < max_age ||
+		 (refreshing && now - health.at_us < max_age + HEALTH_STALE_GRACE_US)))
 	{
 		req->answer.retry_after = health.retry_after;
 		Answer(req, health.status, json_type, health.body.data, health.body.len);
@@ -665,8 +688,9 @@ Metrics(AggrRequest *req, AggrDbExecFunc exec)
 			AppendMetricName(body, key);
 			AggrBufPrintf(body, "%s %s\n", counter ? "_total" : "", value);
 		}
-		else
+		else if (aggr_config.read_token == NULL)
 		{
+			/* topic names are what --read-token keeps private */
 			if (!topic_type_done)
 				AggrBufAppendStr(body, "# TYPE aggr_topic_events gauge\n");
 			topic_type_done = true;

@@ -3,7 +3,8 @@
  * test_sidecar.c
  *	  Unit tests of aggr-sidecar's pure parts: output escaping (JSON
  *	  strings, URL query values), strict integer parsing, the SQLSTATE ->
- *	  HTTP table, the error body and the Prometheus rendering.  No server,
+ *	  HTTP table, the error body, the Prometheus rendering, and the
+ *	  inflation of compressed bodies however they are split.  No server,
  *	  no database.  `make check` runs it under valgrind; the TAP test
  *	  t/042_sidecar_valgrind.pl runs it too.  Ends with "N passed, N failed".
  *
@@ -12,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#include <zlib.h>
 
 #include "sidecar.h"
 
@@ -204,6 +208,126 @@ TestBufferAndMetrics(void)
 	AggrBufFree(&buf);
 }
 
+/* ---- compressed bodies, split anywhere ---- */
+
+static const char *
+GzipHeader(void *arg, const char *name)
+{
+	if (strcasecmp(name, "Content-Encoding") == 0)
+		return "gzip";
+	if (strcasecmp(name, "Content-Length") == 0)
+		return arg;
+	return NULL;
+}
+
+static int
+OneHeader(void *arg, const char *name)
+{
+	return GzipHeader(arg, name) ? 1 : 0;
+}
+
+static const char *
+NoQuery(void *arg, const char *name)
+{
+	(void) arg;
+	(void) name;
+	return NULL;
+}
+
+static size_t
+Gzip(const char *data, size_t len, int level, char *out, size_t cap)
+{
+	z_stream	z = {0};
+
+	deflateInit2(&z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+	z.next_in = (Bytef *) data;
+	z.avail_in = (uInt) len;
+	z.next_out = (Bytef *) out;
+	z.avail_out = (uInt) cap;
+	deflate(&z, Z_FINISH);
+	deflateEnd(&z);
+	return cap - z.avail_out;
+}
+
+/* one POST /publish of body[0..len) delivered in two chunks, split at cut */
+static bool
+InflatesWhole(const char *body, size_t len, size_t cut, const char *want, size_t want_len)
+{
+	char		cl[24];
+	AggrRequestIn in = {"POST", "/publish", cl, GzipHeader, OneHeader, NoQuery};
+	AggrRequest req;
+	bool		ok;
+
+	snprintf(cl, sizeof(cl), "%zu", len);
+	AggrRequestInit(&req);
+	AggrRequestStart(&req, &in);
+	AggrRequestAppend(&req, body, cut);
+	AggrRequestAppend(&req, body + cut, len - cut);
+	ok = AggrRequestFinish(&req, &in) && req.body_len == want_len &&
+		memcmp(req.body, want, want_len) == 0;
+	AggrRequestFree(&req);
+	return ok;
+}
+
+static void
+TestInflate(void)
+{
+	size_t		n = 140 * 1024;
+	char	   *plain = malloc(n);
+	char	   *packed = malloc(2 * n);
+	char	   *two = malloc(4 * n);
+	size_t		len;
+	size_t		len2;
+	int			bad = 0;
+	char		got[64];
+
+	for (size_t i = 0; i < n; i++)
+		plain[i] = "aggr inflates bodies as they arrive\n"[i % 36];
+	aggr_config.max_body = 1024 * 1024;
+	aggr_config.max_buffered = 64 * 1024 * 1024;
+
+	/*
+	 * Stored (level 0): output and input advance together, so the cuts around
+	 * each 64 KB of output are where one inflate() call may take the last
+	 * input byte exactly as its output room fills.
+	 */
+	len = Gzip(plain, n, 0, packed, 2 * n);
+	for (size_t k = 1; k <= 2; k++)
+		for (size_t cut = k * 65536 - 64; cut < k * 65536 + 128; cut++)
+			bad += !InflatesWhole(packed, len, cut, plain, n);
+	snprintf(got, sizeof(got), "%d cuts refused", bad);
+	Check(bad == 0, "a stored gzip body inflates whole however it is split", got);
+
+	/* exactly --max-body of output is accepted, one byte more is not */
+	aggr_config.max_body = 65536;
+	len = Gzip(plain, 65536, 6, packed, 2 * n);
+	bad = 0;
+	for (size_t cut = 0; cut <= len; cut++)
+		bad += !InflatesWhole(packed, len, cut, plain, 65536);
+	snprintf(got, sizeof(got), "%d cuts refused", bad);
+	Check(bad == 0, "an inflated body of exactly --max-body is accepted", got);
+	len = Gzip(plain, 65537, 6, packed, 2 * n);
+	Check(!InflatesWhole(packed, len, len / 2, plain, 65537), "one byte more is refused", NULL);
+
+	/*
+	 * two gzip members, one after the other (RFC 1952), split anywhere near
+	 * the seam
+	 */
+	aggr_config.max_body = 1024 * 1024;
+	len = Gzip(plain, 1000, 6, two, 4 * n);
+	len2 = Gzip(plain + 1000, 2000, 6, two + len, 4 * n - len);
+	bad = 0;
+	for (size_t cut = 0; cut <= len + len2; cut++)
+		bad += !InflatesWhole(two, len + len2, cut, plain, 3000);
+	snprintf(got, sizeof(got), "%d cuts refused", bad);
+	Check(bad == 0, "two gzip members inflate as one body", got);
+	memcpy(two + len + len2, "junk", 4);
+	Check(!InflatesWhole(two, len + len2 + 4, len, plain, 3000), "junk after the last member is refused", NULL);
+	free(plain);
+	free(packed);
+	free(two);
+}
+
 int
 main(void)
 {
@@ -212,6 +336,7 @@ main(void)
 	TestSqlstates();
 	TestErrorBody();
 	TestBufferAndMetrics();
+	TestInflate();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed ? 1 : 0;
 }
