@@ -177,11 +177,17 @@ AggrLiveWorkerCount(void)
 	return live;
 }
 
+static bool
+BrokerUrlSet(void)
+{
+	return aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
+}
+
 /* Broker mode: a preloaded aggr with aggr.broker_url set. */
 bool
 AggrBrokerConfigured(void)
 {
-	return preloaded && aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
+	return preloaded && BrokerUrlSet();
 }
 
 /*
@@ -191,7 +197,7 @@ AggrBrokerConfigured(void)
 bool
 AggrBrokerWantedWithoutPreload(void)
 {
-	return !preloaded && aggr_broker_url != NULL && aggr_broker_url[0] != '\0';
+	return !preloaded && BrokerUrlSet();
 }
 
 /* The 55000 error of whatever needs aggr in shared_preload_libraries. */

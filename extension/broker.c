@@ -75,7 +75,7 @@ AggrEnvelopesKey(void)
 }
 
 /*
- * aggr.broker_url as it may be shown in messages, logs and aggr_health():
+ * aggr.broker_url as it may be shown in a log line (the consumers' start):
  * the password masked (redis://user:***@host:port/db).  A URL that is not
  * redis:// is not echoed at all, since where its password is cannot be told.
  */
