@@ -8,7 +8,10 @@ OBJS = \
 	extension/validate.o \
 	extension/ingest.o \
 	extension/broker.o \
+	extension/queue.o \
+	extension/queue_scripts.o \
 	extension/stats.o \
+	bgworker/slots.o \
 	bgworker/consumer.o
 # extension/aggr.sql is the current version's install script; released
 # versions' scripts and the upgrade scripts between them are kept as shipped.
@@ -39,6 +42,13 @@ include $(PGXS)
 
 extension/aggr--$(EXTVERSION).sql: extension/aggr.sql
 	cp $< $@
+
+# the queue's Lua scripts, kept in the tree as themselves and compiled in
+QUEUE_SCRIPTS = extension/lua/push.lua extension/lua/take.lua
+extension/queue_scripts.c: $(QUEUE_SCRIPTS) tools/embed.pl
+	perl tools/embed.pl aggr_lua_push extension/lua/push.lua \
+		aggr_lua_take extension/lua/take.lua > $@
+EXTRA_CLEAN = extension/queue_scripts.c
 
 # the module's version (PG_MODULE_MAGIC_EXT) comes from aggr.control
 extension/aggr.o: aggr.control

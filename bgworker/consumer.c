@@ -4,32 +4,40 @@
  *		Redis queue, ingest it through the ingest core in one transaction,
  *		then acknowledge it.
  *
- * Protocol of consumer k, with Q = aggr.queue_key:
- *   Q:processing:k   elements k has taken and not yet acknowledged
- *   Q:token:k        the random token that names that batch
- * 1. Take.  One script moves up to aggr.batch_size elements from Q to the
- *    processing list and sets a token for them.  When Q is empty, a BLMOVE
- *    from Q's tail to its own tail (it moves nothing) first waits for an
- *    element, on the socket and the latch, so SIGTERM and SIGHUP are
- *    honoured at once.  A crash at any instant leaves every element in Redis.
+ * The loop of consumer k (the queue protocol itself is queue.c's):
+ * 1. Take.  One script acknowledges k's last committed batch and moves the
+ *    next one, at most aggr.batch_size events and aggr.batch_bytes bytes,
+ *    into k's processing list under a fresh token.  When the queue is empty
+ *    the consumer waits for an element, on the socket and the latch, so
+ *    SIGTERM and SIGHUP are honoured at once.  A crash at any instant leaves
+ *    every element in Redis.
  * 2. Ingest.  One transaction stores the events, dead-letters the elements
  *    that are not valid events into aggr.rejected, and records the token as
  *    aggr.consumers.last_token of slot k.  It commits with synchronous_commit
  *    on: an acknowledgement must never outlive a lost commit.
- * 3. Acknowledge.  The next take first deletes the processing list and the
- *    token, if the token is still the one that was ingested: one round trip
- *    per batch.
- * A consumer whose processing list is not empty (it died, or lost Redis, after
- * taking) first asks whether that token was committed: if so it only
- * acknowledges, so a redelivery never counts an event twice; if not it
- * ingests the list again.  Consumer 1 also adopts the lists of slots above
+ * 3. Acknowledge, with the next take: one round trip per batch.
+ * A batch that was taken but not acknowledged (the consumer died, or lost
+ * Redis) is replayed as it is; if its token was committed, it is only
+ * acknowledged, so a redelivery never counts an event twice.  A replay that
+ * fails for a reason that is not transient (a data error, a limit) is tried
+ * once more element by element, each in a subtransaction, so only what
+ * fails alone is dead-lettered and the queue moves on; transient failures
+ * (a restart, a deadlock, the broker down) are retried with backoff and
+ * lose nothing.  Consumer 1 also adopts the lists of slots above
  * aggr.worker_count, left behind when the pool shrank.
+ *
+ * Memory: everything of one iteration lives in the loop context, which is
+ * reset each time; after a commit or an abort (which leave
+ * CurrentMemoryContext elsewhere) the caller's context is restored.
  */
 #include "postgres.h"
 
 #include "../extension/aggr.h"
+#include "../extension/ingest.h"
+#include "../extension/queue.h"
+#include "consumer.h"
+#include "slots.h"
 
-#include <hiredis/hiredis.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -55,107 +63,11 @@
 
 PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 
-/* Longest wait between retries after a failure. */
+/* Longest wait between retries after a failure (aggr.test_backoff: shorter). */
 #define AGGR_MAX_BACKOFF_MS 5000
 
-/*
- * The take script.  KEYS: queue, processing list, token key, the queue's
- * envelopes hash (aggr.h).  ARGV: a fresh token, the batch size in events,
- * whether to move elements from the queue, the token of the batch to
- * acknowledge first ('' for none), and the largest envelope (an element
- * declaring more, or fewer than 2, counts as 1, as ElementEventCount says).
- *
- * Acknowledging means deleting the list and the token, if the token is still
- * that one.  Elements are moved only into an empty list without a token: a
- * list with a token may already be committed and is replayed exactly as it
- * is; a list without one (left by an older aggr, whose wait moved an
- * element into it) gets its token as it is.  A token without a list (someone
- * deleted the list) is dropped, so the list's next batch gets a new token.  Moving is SORT ... BY nosort
- * LIMIT ... STORE, which copies a range of the queue in C: no element goes
- * through Lua (about 1.5 ns a byte each way) and the AOF logs the command,
- * not the elements.  While the queue holds none of aggr's envelopes, a batch is the
- * first batch-size elements; otherwise the script reads the head to take a run
- * of plain events, or whole envelopes (at least one) while they fit.  The
- * envelopes leave the hash when their list gets its token, which happens once
- * per element.  Returns {token, acknowledged, fresh}; fresh = 1 when the token
- * was set just now, so the batch cannot have been committed.  The caller reads
- * the list with an LRANGE sent right behind the script.
- */
-static const char *const take_script =
-"local max = tonumber(ARGV[5]) "
-"local function event_count(e) "
-"  local n = tonumber(string.match(e, '^" AGGR_ENVELOPE_PREFIX "(%d+),')) "
-"  if n and n >= 2 and n <= max then return n end "
-"  return 1 "
-"end "
-"local acked = 0 "
-"if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then "
-"  redis.call('DEL', KEYS[2], KEYS[3]) acked = 1 "
-"end "
-"local tok = redis.call('GET', KEYS[3]) "
-"local have = redis.call('LLEN', KEYS[2]) "
-"if tok and have > 0 then return {tok, acked, 0} end "
-"if tok then redis.call('DEL', KEYS[3]) end "
-"local envelopes, extra = 0, 0 "
-"if have > 0 then "
-"  for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do "
-"    local n = event_count(e) "
-"    if n > 1 then envelopes = envelopes + 1 extra = extra + n - 1 end "
-"  end "
-"elseif ARGV[3] == '1' then "
-"  local want = tonumber(ARGV[2]) "
-"  local take = 0 "
-"  if (tonumber(redis.call('HGET', KEYS[4], 'count')) or 0) <= 0 then "
-"    take = want "
-"  else "
-"    local head = redis.call('LINDEX', KEYS[1], 0) "
-"    if head and event_count(head) == 1 then "
-"      for _, e in ipairs(redis.call('LRANGE', KEYS[1], 0, want - 1)) do "
-"        if event_count(e) > 1 then break end "
-"        take = take + 1 "
-"      end "
-"    elseif head then "
-"      local events, e = 0, head "
-"      while e do "
-"        local n = event_count(e) "
-"        if n == 1 or (events > 0 and events + n > want) then break end "
-"        take = take + 1 events = events + n envelopes = envelopes + 1 extra = extra + n - 1 "
-"        if events >= want then break end "
-"        e = redis.call('LINDEX', KEYS[1], take) "
-"      end "
-"    end "
-"  end "
-"  if take > 0 then "
-"    have = redis.call('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', 0, take, 'STORE', KEYS[2]) "
-"    if have > 0 then redis.call('LTRIM', KEYS[1], have, -1) end "
-"  end "
-"end "
-"if have == 0 then return {'', acked, 0} end "
-"if envelopes > 0 then "
-"  local count = (tonumber(redis.call('HGET', KEYS[4], 'count')) or 0) - envelopes "
-"  local left = (tonumber(redis.call('HGET', KEYS[4], 'extra_events')) or 0) - extra "
-"  if count > 0 and left > 0 then "
-"    redis.call('HSET', KEYS[4], 'count', count, 'extra_events', left) "
-"  else "
-"    redis.call('DEL', KEYS[4]) "
-"  end "
-"end "
-"redis.call('SET', KEYS[3], ARGV[1]) "
-"return {ARGV[1], acked, 1}";
-
-/* One taken batch, copied out of hiredis memory. */
-typedef struct TakenBatch
-{
-	bool		acknowledged;	/* the batch named by the ack token was */
-	bool		fresh;			/* the token is new: never committed */
-	char	   *token;
-	int			nelements;
-	char	  **elements;
-	int		   *lengths;
-} TakenBatch;
-
 static int	my_slot;			/* 1-based */
-static redisContext *redis = NULL;
+static AggrQueue *queue = NULL;
 static bool broker_was_down = false;
 static int	backoff_ms = 0;
 
@@ -168,26 +80,25 @@ static char *unacked_token = NULL;
 /* consumer 1 has yet to adopt the lists of slots beyond the pool */
 static bool adopt_pending = false;
 
-static void
-CloseRedis(int code, Datum arg)
-{
-	if (redis != NULL)
-		redisFree(redis);
-	redis = NULL;
-	if (aggr_shared != NULL)
-	{
-		LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
-		aggr_shared->workers[my_slot - 1].pid = 0;
-		LWLockRelease(aggr_shared->lock);
-	}
-}
+/*
+ * The batch being ingested (its slot and token, in the loop context), and
+ * the one that last failed for a reason that is not transient (in
+ * TopMemoryContext): its replay goes element by element.
+ */
+static int	ingesting_slot = 0;
+static const char *ingesting_token = NULL;
+static int	failed_slot = 0;
+static char *failed_token = NULL;
+
+/* the last refusal of the broker that was logged, so each is logged once */
+static char *logged_refusal = NULL;
 
 static void
-SetBrokerUp(bool up)
+OnExit(int code, Datum arg)
 {
-	LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
-	aggr_shared->workers[my_slot - 1].broker_up = up;
-	LWLockRelease(aggr_shared->lock);
+	AggrQueueClose(queue);
+	queue = NULL;
+	AggrSlotExited(my_slot);
 }
 
 /* Logs a broker failure once per outage, drops the connection. */
@@ -200,10 +111,41 @@ BrokerFailed(const char *what)
 				 errdetail("Taken elements stay in Redis; retrying with backoff.")));
 	broker_was_down = true;
 	adopt_pending = (my_slot == 1);
-	if (redis != NULL)
-		redisFree(redis);
-	redis = NULL;
-	SetBrokerUp(false);
+	AggrQueueClose(queue);
+	queue = NULL;
+	AggrSlotBrokerUp(my_slot, false);
+}
+
+/*
+ * Logs an error answer of Redis (a script error, an ACL refusal, a key of
+ * the wrong type) as what it is: the broker is up, the connection stays,
+ * and the consumer retries with backoff.
+ */
+static void
+BrokerRefused(const char *what)
+{
+	if (logged_refusal == NULL || strcmp(logged_refusal, what) != 0)
+	{
+		ereport(LOG,
+				(errmsg("aggr consumer %d: the broker refused the queue script: %s", my_slot, what),
+				 errdetail("This is an error of the script or of Redis's configuration (ACL, key types), not an outage; taken elements stay in Redis; retrying with backoff.")));
+		if (logged_refusal)
+			pfree(logged_refusal);
+		logged_refusal = MemoryContextStrdup(TopMemoryContext, what);
+	}
+}
+
+/* Handles a queue call's failure; true when it succeeded. */
+static bool
+QueueCallOk(AggrQueueStatus status, const char *error)
+{
+	if (status == AGGR_QUEUE_OK)
+		return true;
+	if (status == AGGR_QUEUE_DOWN)
+		BrokerFailed(error);
+	else
+		BrokerRefused(error);
+	return false;
 }
 
 /* Applies a reload (SIGHUP) before the next batch, not after it. */
@@ -221,7 +163,9 @@ ReloadIfPending(void)
 static void
 Backoff(void)
 {
-	backoff_ms = Min(Max(backoff_ms * 2, 100), AGGR_MAX_BACKOFF_MS);
+	int			cap = aggr_test_backoff > 0 ? aggr_test_backoff : AGGR_MAX_BACKOFF_MS;
+
+	backoff_ms = Min(Max(backoff_ms * 2, Min(100, cap)), cap);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 backoff_ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
@@ -229,14 +173,14 @@ Backoff(void)
 }
 
 static bool
-EnsureRedis(void)
+EnsureQueue(void)
 {
 	char	   *error;
 
-	if (redis != NULL)
+	if (queue != NULL)
 		return true;
-	redis = AggrRedisConnect(&error);
-	if (redis == NULL)
+	queue = AggrQueueConnect(true, &error);
+	if (queue == NULL)
 	{
 		BrokerFailed(error);
 		return false;
@@ -244,174 +188,8 @@ EnsureRedis(void)
 	if (broker_was_down)
 		ereport(LOG, (errmsg("aggr consumer %d: broker reachable again", my_slot)));
 	broker_was_down = false;
-	SetBrokerUp(true);
+	AggrSlotBrokerUp(my_slot, true);
 	return true;
-}
-
-static char *
-KeyFor(const char *what, int slot)
-{
-	return psprintf("%s:%s:%d", aggr_queue_key, what, slot);
-}
-
-/*
- * Runs the take script for a slot, and reads the processing list in the same
- * round trip: with move, the script first tops the list up from the queue.
- * Returns false when the broker failed.
- */
-static bool
-RunTake(int slot, bool move, const char *ack_token, TakenBatch *batch)
-{
-	char		token_buf[33];
-	uint8		random_bytes[16];
-	char		size_buf[16];
-	char		max_buf[16];
-	const char *processing = KeyFor("processing", slot);
-	const char *argv[12];
-	void	   *replies[2] = {NULL, NULL};
-	redisReply *take;
-	redisReply *list;
-	char	   *why = NULL;
-
-	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
-		elog(ERROR, "could not generate a batch token");
-	hex_encode((char *) random_bytes, sizeof(random_bytes), token_buf);
-	token_buf[32] = '\0';
-	snprintf(size_buf, sizeof(size_buf), "%d", aggr_batch_size);
-	snprintf(max_buf, sizeof(max_buf), "%d", AGGR_MAX_REQUEST_EVENTS);
-
-	argv[0] = "EVAL";
-	argv[1] = take_script;
-	argv[2] = "4";
-	argv[3] = aggr_queue_key;
-	argv[4] = processing;
-	argv[5] = KeyFor("token", slot);
-	argv[6] = AggrEnvelopesKey();
-	argv[7] = token_buf;
-	argv[8] = size_buf;
-	argv[9] = move ? "1" : "0";
-	argv[10] = ack_token ? ack_token : "";
-	argv[11] = max_buf;
-	if (redisAppendCommandArgv(redis, 12, argv, NULL) != REDIS_OK ||
-		redisAppendCommand(redis, "LRANGE %s 0 -1", processing) != REDIS_OK)
-		why = pstrdup(redis->errstr);
-	for (int i = 0; i < 2 && why == NULL; i++)
-		if (redisGetReply(redis, &replies[i]) != REDIS_OK)
-			why = pstrdup(redis->errstr);
-	take = replies[0];
-	list = replies[1];
-	if (why == NULL && (take->type != REDIS_REPLY_ARRAY || take->elements != 3 ||
-						list->type != REDIS_REPLY_ARRAY))
-		why = pstrdup(take->type == REDIS_REPLY_ERROR ? take->str :
-					  list->type == REDIS_REPLY_ERROR ? list->str : "unexpected reply");
-	if (why != NULL)
-	{
-		for (int i = 0; i < 2; i++)
-			if (replies[i])
-				freeReplyObject(replies[i]);
-		BrokerFailed(why);
-		return false;
-	}
-
-	/* copy out of hiredis memory before anything can raise */
-	batch->acknowledged = (take->element[1]->integer == 1);
-	batch->fresh = (take->element[2]->integer == 1);
-	batch->token = pstrdup(take->element[0]->str);
-	batch->nelements = list->elements;
-	batch->elements = palloc(sizeof(char *) * Max(batch->nelements, 1));
-	batch->lengths = palloc(sizeof(int) * Max(batch->nelements, 1));
-	for (int i = 0; i < batch->nelements; i++)
-	{
-		redisReply *e = list->element[i];
-
-		batch->lengths[i] = (int) e->len;
-		batch->elements[i] = palloc(e->len + 1);
-		memcpy(batch->elements[i], e->str, e->len);
-		batch->elements[i][e->len] = '\0';
-	}
-	freeReplyObject(take);
-	freeReplyObject(list);
-	return true;
-}
-
-/*
- * Waits until the queue has an element: BLMOVE from the queue's tail to its
- * own tail, which blocks like BLPOP but moves nothing (the take script moves
- * a whole batch next), sent without blocking, then a wait on the latch and
- * the socket.  Returns true when the queue had an element, false on a
- * timeout, a signal or a broker failure (the caller loops).  A lost reply
- * loses nothing.
- */
-static bool
-WaitForElement(void)
-{
-	int			timeout_ms = aggr_poll_interval;
-	int			done = 0;
-	char		timeout_buf[32];
-	void	   *reply = NULL;
-
-	snprintf(timeout_buf, sizeof(timeout_buf), "%.3f", timeout_ms / 1000.0);
-	if (redisAppendCommand(redis, "BLMOVE %s %s RIGHT RIGHT %s", aggr_queue_key,
-						   aggr_queue_key, timeout_buf) != REDIS_OK)
-	{
-		BrokerFailed(redis->errstr);
-		return false;
-	}
-	while (!done)
-		if (redisBufferWrite(redis, &done) != REDIS_OK)
-		{
-			BrokerFailed(redis->errstr);
-			return false;
-		}
-
-	for (;;)
-	{
-		int			rc;
-
-		if (redisReaderGetReply(redis->reader, &reply) != REDIS_OK)
-		{
-			BrokerFailed("unreadable reply to BLMOVE");
-			return false;
-		}
-		if (reply != NULL)
-			break;
-
-		/*
-		 * the server answers by timeout_ms; silence for longer means a lost
-		 * reply
-		 */
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   redis->fd, timeout_ms + 5000, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			ReloadIfPending();
-		}
-		if (rc & WL_TIMEOUT)
-		{
-			BrokerFailed("no answer to BLMOVE");
-			return false;
-		}
-		if ((rc & WL_SOCKET_READABLE) && redisBufferRead(redis) != REDIS_OK)
-		{
-			BrokerFailed(redis->errstr);
-			return false;
-		}
-	}
-
-	{
-		redisReply *r = reply;
-		bool		got = (r->type == REDIS_REPLY_STRING);
-		bool		failed = (r->type == REDIS_REPLY_ERROR);
-		char	   *why = failed ? pstrdup(r->str) : NULL;
-
-		freeReplyObject(r);
-		if (failed)
-			BrokerFailed(why);
-		return got;
-	}
 }
 
 typedef struct Rejects
@@ -440,28 +218,6 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 	rejects->n++;
 }
 
-/*
- * How many events an element holds: an envelope's count (aggr.h), else 1;
- * -1 for an envelope declaring more than AGGR_MAX_REQUEST_EVENTS, which is
- * dead-lettered whole.  The take script's event_count agrees, except that it
- * counts that one as 1.
- */
-static int
-ElementEventCount(const char *raw, int len)
-{
-	const int	prefix = strlen(AGGR_ENVELOPE_PREFIX);
-	int			n = 0;
-	int			i;
-
-	if (len <= prefix || memcmp(raw, AGGR_ENVELOPE_PREFIX, prefix) != 0)
-		return 1;
-	for (i = prefix; i < len && raw[i] >= '0' && raw[i] <= '9'; i++)
-		n = Min(n * 10 + (raw[i] - '0'), AGGR_MAX_REQUEST_EVENTS + 1);
-	if (i == prefix || i == len || raw[i] != ',' || n < 2)
-		return 1;
-	return n > AGGR_MAX_REQUEST_EVENTS ? -1 : n;
-}
-
 /* Dead-letters one event of an envelope, as its own JSON text. */
 static void
 RejectEnvelopeEvent(Rejects *rejects, JsonbValue *event, int index, const char *reason)
@@ -472,37 +228,40 @@ RejectEnvelopeEvent(Rejects *rejects, JsonbValue *event, int index, const char *
 	AddReject(rejects, text, strlen(text), psprintf("envelope event %d: %s", index, reason));
 }
 
+
 /*
  * Turns one element into events of the batch; the bad events of an envelope
  * are dead-lettered one by one.  Returns why the element as a whole cannot be
  * used, or NULL.  jsonb_in may raise; the caller handles that.
  */
 static const char *
-ConvertElement(const char *raw, int len, AggrBatch *batch, Rejects *rejects)
+ConvertElement(const AggrTakenElement *element, AggrBatch *batch, Rejects *rejects)
 {
-	int			nevents = ElementEventCount(raw, len);
+	int			nevents = element->nevents;
 	Jsonb	   *jb;
 	JsonbValue *events;
 
-	if ((int) strlen(raw) != len)
+	if (element->oversize > 0)
+		return psprintf("element of " INT64_FORMAT " bytes is larger than any batch (aggr.batch_bytes is %d kB); only its first %d bytes are kept",
+						element->oversize, aggr_batch_bytes, element->length);
+	if ((int) strlen(element->data) != element->length)
 		return "element contains a NUL byte";
-	if (!pg_verifymbstr(raw, len, true))
+	if (!pg_verifymbstr(element->data, element->length, true))
 		return "element is not valid in the database encoding";
-	if (nevents < 0)
-		return psprintf("envelope declares more than %d events", AGGR_MAX_REQUEST_EVENTS);
-	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(raw)));
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(element->data)));
 	if (nevents == 1)
 	{
 		AggrBatchReserve(batch, 1);
 		return AggrCheckEvent(&jb->root, batch);
 	}
 
+	/* an envelope aggr registered: {"aggr_envelope": id, "events": [...]} */
 	events = getKeyJsonValueFromContainer(&jb->root, "events", 6, NULL);
 	if (JsonContainerSize(&jb->root) != 2 || events == NULL || events->type != jbvBinary ||
 		!JsonContainerIsArray(events->val.binary.data) ||
 		JsonContainerSize(events->val.binary.data) != nevents)
-		return psprintf("envelope must be {\"aggr_events\": %d, \"events\": [%d events]}",
-						nevents, nevents);
+		return psprintf("envelope must be {\"aggr_envelope\": id, \"events\": [%d events]}",
+						nevents);
 	AggrBatchReserve(batch, nevents);
 	for (int i = 0; i < nevents; i++)
 	{
@@ -518,27 +277,42 @@ ConvertElement(const char *raw, int len, AggrBatch *batch, Rejects *rejects)
 
 typedef struct ConvertCall
 {
-	TakenBatch *taken;
+	AggrTakenBatch *taken;
 	AggrBatch  *batch;
 	Rejects    *rejects;
 	int			first;			/* elements first .. last - 1 */
 	int			last;
+	bool		ingest;			/* also store what was converted */
+	AggrIngestResult result;
 } ConvertCall;
 
 static void
 ConvertRange(void *arg)
 {
 	ConvertCall *call = arg;
-	TakenBatch *taken = call->taken;
 
 	for (int i = call->first; i < call->last; i++)
 	{
-		const char *reason = ConvertElement(taken->elements[i], taken->lengths[i],
-											call->batch, call->rejects);
+		AggrTakenElement *element = &call->taken->elements[i];
+		const char *reason = ConvertElement(element, call->batch, call->rejects);
 
 		if (reason != NULL)
-			AddReject(call->rejects, taken->elements[i], taken->lengths[i], reason);
+			AddReject(call->rejects, element->data, element->length, reason);
 	}
+	if (call->ingest && call->batch->nevents > 0)
+		AggrIngestBatch(call->batch, &call->result);
+}
+
+static void
+InitConverted(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects)
+{
+	int			capacity = taken->nelements + 1;
+
+	rejects->n = 0;
+	rejects->capacity = capacity;
+	rejects->raw = palloc(sizeof(Datum) * capacity);
+	rejects->reason = palloc(sizeof(Datum) * capacity);
+	AggrBatchInit(batch, capacity, true);
 }
 
 /*
@@ -548,23 +322,17 @@ ConvertRange(void *arg)
  * and the rejects grow with the events the envelopes turn out to hold.
  */
 static void
-ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
+ConvertElements(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 {
-	ConvertCall call = {taken, batch, rejects, 0, taken->nelements};
+	ConvertCall call = {taken, batch, rejects, 0, taken->nelements, false};
 	ErrorData  *error;
-	int			capacity = taken->nelements + 1;
 
-	rejects->capacity = capacity;
-	rejects->raw = palloc(sizeof(Datum) * capacity);
-	rejects->reason = palloc(sizeof(Datum) * capacity);
-	AggrBatchInit(batch, capacity, true);
-	rejects->n = 0;
+	InitConverted(taken, batch, rejects);
 	if ((error = AggrTrySubtransaction(ConvertRange, &call)) == NULL)
 		return;
 	FreeErrorData(error);
 
-	AggrBatchInit(batch, capacity, true);
-	rejects->n = 0;
+	InitConverted(taken, batch, rejects);
 	for (int i = 0; i < taken->nelements; i++)
 	{
 		int			nevents = batch->nevents;
@@ -577,10 +345,97 @@ ConvertElements(TakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 			/* nothing of the failed element stays */
 			batch->nevents = nevents;
 			rejects->n = nrejects;
-			AddReject(rejects, taken->elements[i], taken->lengths[i], error->message);
+			AddReject(rejects, taken->elements[i].data, taken->elements[i].length,
+					  error->message);
 			FreeErrorData(error);
 		}
 	}
+}
+
+/*
+ * Whether an error may go away by itself, so the batch is retried as it is:
+ * a lost connection, a deadlock or serialization failure, a shutdown or
+ * cancel, a lock timeout, a full disk, an I/O error.  Anything else (a data
+ * error, a limit, out of memory, a user's trigger raising) would repeat.
+ */
+static bool
+IsTransient(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_CONNECTION_EXCEPTION:
+		case ERRCODE_TRANSACTION_ROLLBACK:
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_SYSTEM_ERROR:
+			return true;
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+			return sqlerrcode != ERRCODE_OUT_OF_MEMORY;
+		default:
+			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+	}
+}
+
+/*
+ * The replay of a batch that failed for good as a whole: each element is
+ * converted and stored in a subtransaction of its own, in a memory context
+ * reset after it; an element whose error is not transient is dead-lettered
+ * with that error, a transient one aborts the batch for a later retry.
+ */
+static void
+IngestElementByElement(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects,
+					   AggrIngestResult *total)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext element_context = AllocSetContextCreate(caller, "aggr consumer element",
+														  ALLOCSET_DEFAULT_SIZES);
+	ConvertCall call = {taken, NULL, NULL, 0, 0, true};
+
+	InitConverted(taken, batch, rejects);
+	for (int i = 0; i < taken->nelements; i++)
+	{
+		AggrBatch	one;
+		Rejects		one_rejects;
+		AggrTakenBatch single = {0};
+		ErrorData  *error;
+
+		MemoryContextSwitchTo(element_context);
+		single.nelements = 1;
+		single.elements = &taken->elements[i];
+		InitConverted(&single, &one, &one_rejects);
+		call.taken = &single;
+		call.batch = &one;
+		call.rejects = &one_rejects;
+		call.first = 0;
+		call.last = 1;
+		memset(&call.result, 0, sizeof(call.result));
+		error = AggrTrySubtransaction(ConvertRange, &call);
+		MemoryContextSwitchTo(caller);
+		if (error != NULL && IsTransient(error->sqlerrcode))
+			ReThrowError(error);
+		if (error != NULL)
+		{
+			AddReject(rejects, taken->elements[i].data, taken->elements[i].length,
+					  error->message);
+			FreeErrorData(error);
+		}
+		else
+		{
+			for (int r = 0; r < one_rejects.n; r++)
+			{
+				text	   *reason = DatumGetTextPP(one_rejects.reason[r]);
+				bytea	   *raw = DatumGetByteaPP(one_rejects.raw[r]);
+
+				AddReject(rejects, VARDATA_ANY(raw), VARSIZE_ANY_EXHDR(raw),
+						  text_to_cstring(reason));
+			}
+			batch->nevents += one.nevents;
+			total->received += call.result.received;
+			total->unique += call.result.unique;
+			total->duplicates += call.result.duplicates;
+		}
+		MemoryContextReset(element_context);
+	}
+	MemoryContextDelete(element_context);
 }
 
 static SPIPlanPtr token_plan = NULL;
@@ -649,18 +504,24 @@ MaybeCrash(int point)
 	}
 }
 
+
 /*
  * Ingests a taken batch of slot k (normally my own) in one transaction,
  * unless its token shows it was committed already.  The caller acknowledges.
  */
 static void
-ProcessBatch(int slot, TakenBatch *taken)
+ProcessBatch(int slot, AggrTakenBatch *taken)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	AggrBatch	batch;
 	AggrIngestResult result = {0};
 	Rejects		rejects = {0};
 	bool		already;
+	bool		split = (failed_token != NULL && failed_slot == slot &&
+						 strcmp(failed_token, taken->token) == 0);
 
+	ingesting_slot = slot;
+	ingesting_token = taken->token;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -669,18 +530,34 @@ ProcessBatch(int slot, TakenBatch *taken)
 	pgstat_report_activity(STATE_RUNNING, "aggr consumer: ingesting a batch");
 
 	already = !taken->fresh && TokenCommitted(slot, taken->token);
-	if (!already)
+	if (!already && split)
+	{
+		ereport(LOG,
+				(errmsg("aggr consumer %d: ingesting batch %s of slot %d element by element after it failed as a whole",
+						my_slot, taken->token, slot)));
+		IngestElementByElement(taken, &batch, &rejects, &result);
+	}
+	else if (!already)
 	{
 		ConvertElements(taken, &batch, &rejects);
 		if (batch.nevents > 0)
 			AggrIngestBatch(&batch, &result);
-		RecordBatch(slot, taken->token, batch.nevents + rejects.n, &rejects);
 	}
+	if (!already)
+		RecordBatch(slot, taken->token, batch.nevents + rejects.n, &rejects);
 	MaybeCrash(1);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	ingesting_slot = 0;
+	ingesting_token = NULL;
+	if (split)
+	{
+		pfree(failed_token);
+		failed_token = NULL;
+	}
 	MaybeCrash(2);
 
 	if (already)
@@ -688,28 +565,41 @@ ProcessBatch(int slot, TakenBatch *taken)
 				(errmsg("aggr consumer %d: batch %s of slot %d was committed before; acknowledging it only",
 						my_slot, taken->token, slot)));
 	else
-	{
-		AggrWorkerSlot *w = &aggr_shared->workers[my_slot - 1];
+		AggrSlotCommitted(my_slot, batch.nevents + rejects.n, rejects.n);
+}
 
-		LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
-		w->batches++;
-		w->events += batch.nevents + rejects.n;
-		w->rejected += rejects.n;
-		w->last_commit = GetCurrentTimestamp();
-		LWLockRelease(aggr_shared->lock);
+/*
+ * After an error: if a batch was being ingested and the error would repeat,
+ * its next replay goes element by element.
+ */
+static void
+NoteFailure(ErrorData *error)
+{
+	if (ingesting_token == NULL)
+		return;
+	if (!IsTransient(error->sqlerrcode))
+	{
+		if (failed_token)
+			pfree(failed_token);
+		failed_token = MemoryContextStrdup(TopMemoryContext, ingesting_token);
+		failed_slot = ingesting_slot;
 	}
+	ingesting_slot = 0;
+	ingesting_token = NULL;
 }
 
 /* Checks, in a transaction of its own, that CREATE EXTENSION aggr was run. */
 static bool
 ExtensionInstalled(void)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	bool		installed;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	installed = OidIsValid(get_extension_oid("aggr", true));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
 	return installed;
 }
 
@@ -717,15 +607,19 @@ ExtensionInstalled(void)
  * One step of the loop.  For my own slot: acknowledge my last batch and take
  * the next one in a single script (a list left with a token is replayed as it
  * is), or wait for an element when the queue is empty.  For an adopted slot:
- * replay what its list holds, then acknowledge it.
+ * replay what its list holds, then acknowledge it.  Returns false after a
+ * failure of the broker (the caller backs off).
  */
-static void
+static bool
 ConsumeOnce(int slot, bool own)
 {
-	TakenBatch	taken;
+	AggrTakenBatch taken;
+	char	   *error = NULL;
+	bool		ready;
 
-	if (!RunTake(slot, own, own ? unacked_token : NULL, &taken))
-		return;
+	if (!QueueCallOk(AggrQueueTake(queue, slot, own, own ? unacked_token : NULL, &taken, &error),
+					 error))
+		return false;
 	if (own && unacked_token != NULL)
 	{
 		/* acknowledged now, or the list is gone: nothing left to acknowledge */
@@ -736,19 +630,28 @@ ConsumeOnce(int slot, bool own)
 	}
 	if (taken.nelements == 0)
 	{
-		if (!own || !WaitForElement() || !RunTake(slot, true, NULL, &taken) ||
-			taken.nelements == 0)
-			return;
+		if (!own)
+			return true;
+		if (!QueueCallOk(AggrQueueWait(queue, aggr_poll_interval, &ready, &error), error))
+			return false;
+		if (!ready)
+			return true;
+		if (!QueueCallOk(AggrQueueTake(queue, slot, true, NULL, &taken, &error), error))
+			return false;
+		if (taken.nelements == 0)
+			return true;
 	}
 	ProcessBatch(slot, &taken);
 	if (own)
 		unacked_token = MemoryContextStrdup(TopMemoryContext, taken.token);
 	else
 	{
-		TakenBatch	rest;
+		AggrTakenBatch rest;
 
-		(void) RunTake(slot, false, taken.token, &rest);
+		if (!QueueCallOk(AggrQueueTake(queue, slot, false, taken.token, &rest, &error), error))
+			return false;
 	}
+	return true;
 }
 
 void
@@ -769,11 +672,8 @@ AggrConsumerMain(Datum main_arg)
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
 
-	LWLockAcquire(aggr_shared->lock, LW_EXCLUSIVE);
-	aggr_shared->workers[my_slot - 1].pid = MyProcPid;
-	aggr_shared->workers[my_slot - 1].started_at = GetCurrentTimestamp();
-	LWLockRelease(aggr_shared->lock);
-	on_shmem_exit(CloseRedis, (Datum) 0);
+	AggrSlotStarted(my_slot);
+	on_shmem_exit(OnExit, (Datum) 0);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "aggr consumer loop",
 										 ALLOCSET_DEFAULT_SIZES);
@@ -811,31 +711,34 @@ AggrConsumerMain(Datum main_arg)
 									my_slot, aggr_database)));
 				warned_missing = !extension_ready;
 			}
-			if (extension_ready && EnsureRedis())
+			failed = !extension_ready || !EnsureQueue();
+
+			/*
+			 * Consumer 1 adopts what slots beyond the pool left behind (the
+			 * pool shrank across a restart): once at start, and again after
+			 * each outage of the broker.
+			 */
+			if (!failed && adopt_pending)
 			{
-				/*
-				 * Consumer 1 adopts what slots beyond the pool left behind
-				 * (the pool shrank across a restart): once at start, and
-				 * again after each outage of the broker.
-				 */
-				if (adopt_pending)
-				{
-					for (int slot = aggr_worker_count + 1; slot <= AGGR_MAX_WORKERS && redis; slot++)
-						ConsumeOnce(slot, false);
-					adopt_pending = (redis == NULL);
-				}
-				if (redis)
-					ConsumeOnce(my_slot, true);
+				for (int slot = aggr_worker_count + 1; slot <= AGGR_MAX_WORKERS && !failed; slot++)
+					failed = !ConsumeOnce(slot, false);
+				adopt_pending = failed;
 			}
-			failed = (!extension_ready || redis == NULL);
+			if (!failed)
+				failed = !ConsumeOnce(my_slot, true);
 		}
 		PG_CATCH();
 		{
+			ErrorData  *error;
+
 			MemoryContextSwitchTo(loop_context);
+			error = CopyErrorData();
 			EmitErrorReport();
 			FlushErrorState();
 			AbortCurrentTransaction();
+			MemoryContextSwitchTo(loop_context);
 			pgstat_report_activity(STATE_IDLE, NULL);
+			NoteFailure(error);
 			extension_ready = false;
 			failed = true;
 		}

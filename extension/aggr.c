@@ -1,7 +1,8 @@
 /*
  * aggr.c
- *		Module magic, settings (aggr.*), and the shared memory the consumer
- *		workers report their progress in.
+ *		Module magic, settings (aggr.*), and what _PG_init sets up: the
+ *		broker's transaction callbacks, and at preload the consumers' slots
+ *		in shared memory (bgworker/slots.c) and the consumers.
  *
  * The broker settings take effect at server start: publishers and consumers
  * must agree on where the queue is, and consumers are registered only when
@@ -12,6 +13,11 @@
 #include "postgres.h"
 
 #include "aggr.h"
+#include "broker.h"
+#include "../bgworker/consumer.h"
+#include "../bgworker/slots.h"
+
+#include <limits.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -26,19 +32,26 @@ PG_MODULE_MAGIC_EXT(.name = "aggr",.version = AGGR_VERSION);
 PG_MODULE_MAGIC;
 #endif
 
+/*
+ * A burst of a million events (about 300 MB of Redis memory at 300 bytes an
+ * event, 50 times the demo's 20,000) queues without a 503; the bound is there
+ * to stop a runaway, not to pace normal work.
+ */
+#define AGGR_DEFAULT_QUEUE_MAXSIZE 1000000
+
 void		_PG_init(void);
 
 int			aggr_max_request_events = 10000;
 char	   *aggr_broker_url = NULL;
 char	   *aggr_queue_key = NULL;
 int			aggr_worker_count = 4;
-int			aggr_queue_maxsize = 5000;
+int			aggr_queue_maxsize = AGGR_DEFAULT_QUEUE_MAXSIZE;
 int			aggr_poll_interval = 2000;
 int			aggr_batch_size = 500;
+int			aggr_batch_bytes = 32 * 1024;
 char	   *aggr_database = NULL;
 int			aggr_test_crash_point = 0;
-
-AggrSharedState *aggr_shared = NULL;
+int			aggr_test_backoff = 0;
 
 /* Loaded by shared_preload_libraries (true in the postmaster and its children). */
 static bool preloaded = false;
@@ -70,7 +83,7 @@ DefineSessionSettings(void)
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.queue_maxsize",
 							"Most events the queue may hold; a publish that would exceed it is refused (0 = no bound).",
-							NULL, &aggr_queue_maxsize, 5000, 0, INT_MAX,
+							NULL, &aggr_queue_maxsize, AGGR_DEFAULT_QUEUE_MAXSIZE, 0, INT_MAX,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.poll_interval",
 							"How long a consumer waits on an empty queue before polling again.",
@@ -80,6 +93,15 @@ DefineSessionSettings(void)
 							"Most queue elements a consumer ingests in one transaction.",
 							NULL, &aggr_batch_size, 500, 1, 5000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.batch_bytes",
+							"Most bytes of queue elements a consumer ingests in one transaction.",
+							"aggr_publish refuses a request whose element is longer; a longer element of another producer is dead-lettered with its size and first bytes.",
+							&aggr_batch_bytes, 32 * 1024, 64, 256 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.test_backoff",
+							"Test only: the longest wait of a consumer between retries (0 = 5 s).",
+							NULL, &aggr_test_backoff, 0, 0, 5000,
+							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	DefineCustomEnumVariable("aggr.test_crash_point",
 							 "Test only: make a consumer exit at this point of its batch protocol.",
 							 NULL, &aggr_test_crash_point, 0, crash_point_options,
@@ -126,12 +148,6 @@ DefineServerStartSettings(void)
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 }
 
-static Size
-AggrShmemSize(void)
-{
-	return MAXALIGN(sizeof(AggrSharedState));
-}
-
 static void
 AggrShmemRequest(void)
 {
@@ -139,42 +155,15 @@ AggrShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 #endif
-	RequestAddinShmemSpace(AggrShmemSize());
-	RequestNamedLWLockTranche("aggr", 1);
+	AggrSlotsRequest();
 }
 
 static void
 AggrShmemStartup(void)
 {
-	bool		found;
-
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	aggr_shared = ShmemInitStruct("aggr", AggrShmemSize(), &found);
-	if (!found)
-	{
-		memset(aggr_shared, 0, AggrShmemSize());
-		aggr_shared->lock = &(GetNamedLWLockTranche("aggr"))->lock;
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/* Consumers running now; 0 when aggr is not preloaded. */
-int
-AggrLiveWorkerCount(void)
-{
-	int			live = 0;
-
-	if (aggr_shared == NULL)
-		return 0;
-	LWLockAcquire(aggr_shared->lock, LW_SHARED);
-	for (int i = 0; i < AGGR_MAX_WORKERS; i++)
-		if (aggr_shared->workers[i].pid != 0)
-			live++;
-	LWLockRelease(aggr_shared->lock);
-	return live;
+	AggrSlotsStartup();
 }
 
 static bool

@@ -15,6 +15,9 @@
 #include "postgres.h"
 
 #include "aggr.h"
+#include "broker.h"
+#include "ingest.h"
+#include "../bgworker/slots.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"

@@ -8,6 +8,8 @@
 #include "postgres.h"
 
 #include "aggr.h"
+#include "broker.h"
+#include "../bgworker/slots.h"
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -21,15 +23,15 @@ static void
 AppendWorkers(StringInfo buf)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	AggrWorkerSlot slots[AGGR_MAX_WORKERS];
 	bool		first = true;
 
 	appendStringInfoString(buf, ", \"workers\": [");
-	if (aggr_shared != NULL)
+	if (AggrSlotsRead(slots))
 	{
-		LWLockAcquire(aggr_shared->lock, LW_SHARED);
 		for (int i = 0; i < AGGR_MAX_WORKERS; i++)
 		{
-			AggrWorkerSlot *w = &aggr_shared->workers[i];
+			AggrWorkerSlot *w = &slots[i];
 
 			if (w->pid == 0 && w->started_at == 0)
 				continue;
@@ -45,7 +47,6 @@ AppendWorkers(StringInfo buf)
 							 psprintf("%.3f", (now - w->last_commit) / 1000000.0));
 			first = false;
 		}
-		LWLockRelease(aggr_shared->lock);
 	}
 	appendStringInfoChar(buf, ']');
 }
@@ -65,8 +66,8 @@ aggr_runtime_status(PG_FUNCTION_ARGS)
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"worker_count\": %d, \"workers_configured\": %d, \"preloaded\": %s",
 					 AggrLiveWorkerCount(),
-					 (broker && aggr_shared != NULL) ? aggr_worker_count : 0,
-					 aggr_shared != NULL ? "true" : "false");
+					 (broker && AggrSlotsAttached()) ? aggr_worker_count : 0,
+					 AggrSlotsAttached() ? "true" : "false");
 	if (AggrBrokerWantedWithoutPreload())
 		appendStringInfoString(&buf, ", \"broker\": \"needs_preload\", \"queue_depth\": null");
 	else if (!broker)
@@ -74,7 +75,7 @@ aggr_runtime_status(PG_FUNCTION_ARGS)
 	else
 	{
 		char	   *error = NULL;
-		int64		depth = AggrQueueDepth(&error);
+		int64		depth = AggrBrokerQueueDepth(&error);
 
 		if (depth >= 0)
 			appendStringInfo(&buf, ", \"broker\": \"ok\", \"queue_depth\": " INT64_FORMAT, depth);

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "aggr.h"
+#include "ingest.h"
 
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"

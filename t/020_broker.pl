@@ -145,15 +145,22 @@ redis_cmd($redis, 'RPUSH', 'aggregator:events',
     '{"topic": "plain", "event_id": "fb-1", "timestamp": "2025-10-24T00:00:00Z", "source": "filebeat", "host": "x"}');
 $total{received} += 1;
 $total{unique}   += 1;
-# envelopes (what aggr_publish pushes for several events) from another
-# producer: a bad event inside is dead-lettered alone, the others stored; an
-# envelope whose events do not match its count, or that declares more than
-# aggr.max_request_events, is dead-lettered whole
+# envelopes from another producer are only elements: one event each, which
+# is invalid, so each is dead-lettered whole, whatever count it claims (an
+# old-format envelope, a forged id, a copy of a registered one)
 my $ev = sub { qq({"topic": "env", "event_id": "$_[0]", "timestamp": 0, "source": "s"}) };
 redis_cmd($redis, 'RPUSH', 'aggregator:events',
-    '{"aggr_events":3,"events":[' . join(',', $ev->('e1'), '{"topic": "env"}', $ev->('e2')) . ']}',
-    '{"aggr_events":3,"events":[' . join(',', $ev->('short1'), $ev->('short2')) . ']}',
+    '{"aggr_events":3,"events":[' . join(',', $ev->('x1'), $ev->('x2'), $ev->('x3')) . ']}',
+    '{"aggr_envelope":"0123456789abcdef0123456789abcdef","events":[' . join(',', $ev->('x4'), $ev->('x5')) . ']}',
     '{"aggr_events":99999999,"events":[]}');
+# an envelope as aggr's push registers it (id in the registry, its extra
+# events counted), one of whose events became invalid: that event is
+# dead-lettered alone, as its own JSON, the others stored
+my $id = 'feedfacefeedfacefeedfacefeedface';
+redis_cmd($redis, 'HSET', 'aggregator:events:envelope-ids', $id, 3);
+redis_cmd($redis, 'INCRBY', 'aggregator:events:extra-events', 2);
+redis_cmd($redis, 'RPUSH', 'aggregator:events',
+    qq({"aggr_envelope":"$id","events":[) . join(',', $ev->('e1'), '{"topic": "env"}', $ev->('e2')) . ']}');
 $total{received} += 2;
 $total{unique}   += 2;
 # a published event whose text happens to start like an envelope is queued
@@ -163,26 +170,27 @@ like($node->safe_psql('postgres', q{SELECT aggr_publish_text('{"aggr_events":2,"
 $total{received} += 1;
 $total{unique}   += 1;
 ok(wait_drained($node, $redis), 'poison: queue drained');
-wait_for(sub { stats($node)->{received} >= $total{received} && stats($node)->{rejected} >= 8 }, 30);
+wait_for(sub { stats($node)->{received} >= $total{received} && stats($node)->{rejected} >= 9 }, 30);
 $s = check_invariants($node, 'rollback and poison', %total);
 is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM aggr.events WHERE topic = 'rb'}),
     'kept', 'rollback: only the committed publish reached the table');
-is($s->{rejected}, 8, 'poison: five elements, one event of an envelope and two envelopes dead-lettered');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason <> ''}), 8, 'poison: each with a reason');
+is($s->{rejected}, 9, 'poison: five elements, three foreign envelopes and one event of an envelope dead-lettered');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason <> ''}), 9, 'poison: each with a reason');
 is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM aggr.events WHERE topic = 'env'}),
     'e1,e2,lookalike', 'envelope: its good events are stored, and the look-alike event too');
 like($node->safe_psql('postgres', q{SELECT reason || ' ' || convert_from(raw, 'UTF8') FROM aggr.rejected WHERE reason LIKE 'envelope event%'}),
     qr/^envelope event 1: event_id is required \{"topic": "env"\}$/, 'envelope: the bad event is dead-lettered alone, as its own JSON');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM aggr.rejected WHERE reason LIKE 'envelope must%' OR reason LIKE 'envelope declares%'}),
-    2, 'envelope: a wrong count or an oversized one is dead-lettered whole');
-is(redis_cmd($redis, 'EXISTS', 'aggregator:events:envelopes'), 0,
-    'envelope: the envelopes hash is back to nothing once the queue is empty');
+is($node->safe_psql('postgres', q[SELECT count(*) FROM aggr.rejected WHERE convert_from(raw, 'UTF8') LIKE '{"aggr_e%' AND reason LIKE 'topic is required%']),
+    3, 'envelope: a foreign envelope is one invalid event, dead-lettered whole');
+is(redis_cmd($redis, 'EXISTS', 'aggregator:events:envelope-ids', 'aggregator:events:extra-events'), 0,
+    'envelope: the registry and the extra count are back to nothing once the queue is empty');
 like($node->safe_psql('postgres', q{SELECT reason FROM aggr.rejected WHERE raw = '\xfffe'::bytea}),
     qr/not valid/, 'poison: invalid UTF-8 kept byte for byte with its reason');
 is($node->safe_psql('postgres', q{SELECT source FROM aggr.events WHERE event_id = 'fb-1'}), 'filebeat',
     'a plain event from another producer is ingested');
 
 # 9. a processing list left by a slot beyond the pool is adopted by consumer 1
+#    (this one with its token where aggr 0.2 kept it)
 redis_cmd($redis, 'RPUSH', 'aggregator:events:processing:7',
     '{"topic": "orphan", "event_id": "o1", "timestamp": 0, "source": "s"}');
 redis_cmd($redis, 'SET', 'aggregator:events:token:7', 'orphan-token');
@@ -199,8 +207,8 @@ check_invariants($node, 'orphan', %total);
 # 10. a token whose processing list is gone (deleted by hand) is dropped, so
 #     it cannot make the next element look like a committed batch
 my $committed = $node->safe_psql('postgres', 'SELECT last_token FROM aggr.consumers WHERE consumer = 1');
-redis_cmd($redis, 'SET', 'aggregator:events:token:1', $committed);
-ok(wait_for(sub { redis_cmd($redis, 'EXISTS', 'aggregator:events:token:1') == 0 }, 30),
+redis_cmd($redis, 'HSET', 'aggregator:events:batch:1', 'token', $committed);
+ok(wait_for(sub { redis_cmd($redis, 'EXISTS', 'aggregator:events:batch:1') == 0 }, 30),
     'stale token: a token without its processing list is dropped');
 like(publish($node, '{"topic": "stale", "event_id": "s1", "timestamp": 0, "source": "s"}'),
     qr/"accepted": 1/, 'stale token: the next event is queued');

@@ -244,7 +244,8 @@ sub wait_drained
         sub {
             my $len  = redis_cmd($r, 'LLEN', 'aggregator:events');
             my $keys = redis_cmd($r, 'KEYS', 'aggregator:events:processing:*');
-            defined($len) && $len == 0 && ref($keys) && !@$keys;
+            my $batches = redis_cmd($r, 'KEYS', 'aggregator:events:batch:*');
+            defined($len) && $len == 0 && ref($keys) && !@$keys && ref($batches) && !@$batches;
         },
         $seconds // 120);
 }

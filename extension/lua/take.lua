@@ -1,0 +1,148 @@
+-- take.lua: a consumer's acknowledge-and-take, in one atomic step.
+--
+-- KEYS: queue, registry (hash: envelope id -> events), extra count,
+--       the slot's processing list, the slot's batch hash,
+--       the slot's token key of aggr 0.2 (read once, then deleted)
+-- ARGV: a fresh token, most events, most bytes, move ('1' = take from the
+--       queue), the token to acknowledge first ('' = none), head bytes
+--
+-- The batch hash names what the processing list holds: token, and for each
+-- of aggr's envelopes in it 'envelope:<id>' = its events.  An element too
+-- large for any batch is not moved: it leaves the queue and the hash keeps
+-- 'oversize' (its size), 'head' (its first bytes) and 'events', which the
+-- consumer dead-letters.
+--
+-- Acknowledging deletes the list and the hash, if the hash still has that
+-- token.  A list with a token may be committed already: it is replayed as it
+-- is.  Elements are moved only into an empty list.  Moving is SORT ... BY
+-- nosort LIMIT ... STORE, which copies a range of the queue in C; while the
+-- registry is empty (no envelope of aggr waits), no element passes through
+-- Lua.  A batch holds at most 'most events' events and measures at most
+-- 'most bytes' (MEMORY USAGE, allocator rounding included), except that an
+-- element alone is taken up to a quarter more (rounding) plus 4 kB.
+-- Returns {'acknowledged', 0|1, 'fresh', 0|1, 'batch', HGETALL of the hash};
+-- fresh = 1 when the token was set just now, so the batch cannot have been
+-- committed.  The caller reads the list with an LRANGE sent right behind.
+local queue, registry, extra_key = KEYS[1], KEYS[2], KEYS[3]
+local processing, batch, old_token_key = KEYS[4], KEYS[5], KEYS[6]
+local fresh_token = ARGV[1]
+local most_events = tonumber(ARGV[2])
+local most_bytes = tonumber(ARGV[3])
+local move = ARGV[4] == '1'
+local ack_token = ARGV[5]
+local head_bytes = tonumber(ARGV[6])
+
+local acknowledged = 0
+if ack_token ~= '' and redis.call('HGET', batch, 'token') == ack_token then
+  redis.call('DEL', processing, batch)
+  acknowledged = 1
+end
+
+local function answer(fresh)
+  return {'acknowledged', acknowledged, 'fresh', fresh, 'batch', redis.call('HGETALL', batch)}
+end
+
+-- a batch taken by aggr 0.2 keeps its token
+local old_token = redis.call('GET', old_token_key)
+if old_token then
+  if redis.call('EXISTS', batch) == 0 then
+    redis.call('HSET', batch, 'token', old_token)
+  end
+  redis.call('DEL', old_token_key)
+end
+
+local have = redis.call('LLEN', processing)
+local token = redis.call('HGET', batch, 'token')
+if token and (have > 0 or redis.call('HEXISTS', batch, 'oversize') == 1) then
+  return answer(0)
+end
+if token then
+  -- its list was deleted by someone else: nothing to replay
+  redis.call('DEL', batch)
+end
+
+-- The events an element holds: a registered envelope's count, else 1.
+-- An id is claimed once; a copy of a claimed envelope is just an element.
+local claimed = {}
+local function event_count(element)
+  local id = string.match(element, '^{"aggr_envelope":"(%x+)"')
+  if id == nil or claimed[id] then
+    return 1, nil
+  end
+  local n = tonumber(redis.call('HGET', registry, id))
+  if n == nil then
+    return 1, nil
+  end
+  return n, id
+end
+
+local function measure()
+  return redis.call('MEMORY', 'USAGE', processing, 'SAMPLES', 0) or 0
+end
+
+local extra_taken = 0
+local function claim(id, n)
+  claimed[id] = true
+  redis.call('HDEL', registry, id)
+  redis.call('HSET', batch, 'envelope:' .. id, n)
+  extra_taken = extra_taken + n - 1
+end
+
+if have == 0 and move then
+  local take = math.min(most_events, redis.call('LLEN', queue))
+  if take > 0 then
+    redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, take, 'STORE', processing)
+    local bytes = measure()
+    while take > 1 and bytes > most_bytes do
+      take = math.floor(take / 2)
+      redis.call('LTRIM', processing, 0, take - 1)
+      bytes = measure()
+    end
+    if bytes > most_bytes + most_bytes / 4 + 4096 then
+      -- too large for any batch: keep its size and first bytes only
+      local element = redis.call('LINDEX', processing, 0)
+      local n, id = event_count(element)
+      if id then
+        claim(id, n)
+      end
+      redis.call('DEL', processing)
+      redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes),
+        'events', n)
+      element = nil
+    elseif redis.call('HLEN', registry) > 0 then
+      -- envelopes of aggr may be among them: count events element by element
+      local events, kept = 0, 0
+      for i = 0, take - 1 do
+        local n, id = event_count(redis.call('LINDEX', processing, i))
+        if kept > 0 and events + n > most_events then
+          break
+        end
+        kept = kept + 1
+        events = events + n
+        if id then
+          claim(id, n)
+        end
+        if events >= most_events then
+          break
+        end
+      end
+      take = kept
+      redis.call('LTRIM', processing, 0, take - 1)
+    end
+    redis.call('LTRIM', queue, take, -1)
+    have = redis.call('LLEN', processing)
+  end
+end
+
+if extra_taken > 0 then
+  redis.call('DECRBY', extra_key, extra_taken)
+end
+if redis.call('LLEN', queue) == 0 then
+  -- nothing waits, so no envelope either (the queue may have been deleted)
+  redis.call('DEL', registry, extra_key)
+end
+if have == 0 and redis.call('HEXISTS', batch, 'oversize') == 0 then
+  return answer(0)
+end
+redis.call('HSET', batch, 'token', fresh_token)
+return answer(1)
