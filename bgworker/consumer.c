@@ -614,11 +614,12 @@ static bool
 ConsumeOnce(int slot, bool own)
 {
 	AggrTakenBatch taken;
+	AggrQueueStatus status;
 	char	   *error = NULL;
 	bool		ready;
 
-	if (!QueueCallOk(AggrQueueTake(queue, slot, own, own ? unacked_token : NULL, &taken, &error),
-					 error))
+	status = AggrQueueTake(queue, slot, own, own ? unacked_token : NULL, &taken, &error);
+	if (!QueueCallOk(status, error))
 		return false;
 	if (own && unacked_token != NULL)
 	{
@@ -632,11 +633,13 @@ ConsumeOnce(int slot, bool own)
 	{
 		if (!own)
 			return true;
-		if (!QueueCallOk(AggrQueueWait(queue, aggr_poll_interval, &ready, &error), error))
+		status = AggrQueueWait(queue, aggr_poll_interval, &ready, &error);
+		if (!QueueCallOk(status, error))
 			return false;
 		if (!ready)
 			return true;
-		if (!QueueCallOk(AggrQueueTake(queue, slot, true, NULL, &taken, &error), error))
+		status = AggrQueueTake(queue, slot, true, NULL, &taken, &error);
+		if (!QueueCallOk(status, error))
 			return false;
 		if (taken.nelements == 0)
 			return true;
@@ -648,7 +651,8 @@ ConsumeOnce(int slot, bool own)
 	{
 		AggrTakenBatch rest;
 
-		if (!QueueCallOk(AggrQueueTake(queue, slot, false, taken.token, &rest, &error), error))
+		status = AggrQueueTake(queue, slot, false, taken.token, &rest, &error);
+		if (!QueueCallOk(status, error))
 			return false;
 	}
 	return true;

@@ -79,6 +79,8 @@ AggrBrokerQueueDepth(char **error)
 		return -1;
 	status = AggrQueueDepth(queue, &depth, error);
 	ForgetLostConnection(status);
+	if (status == AGGR_QUEUE_REFUSED)
+		*error = psprintf("Redis refused the queue script: %s", *error);
 	return status == AGGR_QUEUE_OK ? depth : -1;
 }
 

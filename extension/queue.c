@@ -117,8 +117,9 @@ CheckEvictionPolicy(redisContext *c)
 		const char *value = field + strlen("maxmemory_policy:");
 		int			len = strcspn(value, "\r\n");
 
+		/* LOG, which the server log shows at every log_min_messages up to LOG */
 		if (len != strlen("noeviction") || strncmp(value, "noeviction", len) != 0)
-			ereport(WARNING,
+			ereport(LOG,
 					(errmsg("the broker's maxmemory-policy is %.*s, so Redis may evict aggr's queue",
 							len, value),
 					 errdetail("An evicted queue, processing list or batch hash loses events that were acknowledged to their publishers."),

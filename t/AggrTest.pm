@@ -87,11 +87,13 @@ sub wait_for
 }
 
 # Starts redis-server with persistence that survives SIGKILL (appendonly,
-# appendfsync always).  Pass the returned handle to start_redis again to
-# restart it on the same port and data.
+# appendfsync always); @args are more options of redis-server (later ones
+# win).  Pass the returned handle to start_redis again to restart it on the
+# same port, data and options.
 sub start_redis
 {
-    my ($r) = @_;
+    my ($r, @args) = @_;
+    @args = @{ $r->{args} } if $r && !@args;
     $r //= {
         port => PostgreSQL::Test::Cluster::get_free_port(),
         dir  => PostgreSQL::Test::Utils::tempdir('redis'),
@@ -101,7 +103,8 @@ sub start_redis
         '--port', $r->{port}, '--bind', '127.0.0.1',
         '--dir', $r->{dir}, '--appendonly', 'yes',
         '--appendfsync', 'always', '--save', '',
-        '--daemonize', 'no', '--protected-mode', 'no');
+        '--daemonize', 'no', '--protected-mode', 'no', @args);
+    $r->{args} = \@args;
     wait_for(sub { (redis_cmd($r, 'PING') // '') eq 'PONG' }, 20)
       or die "redis-server did not start on port $r->{port}";
     $r->{url} = "redis://127.0.0.1:$r->{port}/0";

@@ -19,7 +19,10 @@
 -- registry is empty (no envelope of aggr waits), no element passes through
 -- Lua.  A batch holds at most 'most events' events and measures at most
 -- 'most bytes' (MEMORY USAGE, allocator rounding included), except that an
--- element alone is taken up to a quarter more (rounding) plus 4 kB.
+-- element alone is taken up to a quarter more (rounding) plus 4 kB.  The
+-- head is moved alone first, then as many as fit if the rest are like the
+-- queue's first nodes (which MEMORY USAGE ... SAMPLES 5 reads), halved until
+-- they do fit: a take copies little more than it keeps.
 -- Returns {'acknowledged', 0|1, 'fresh', 0|1, 'batch', HGETALL of the hash};
 -- fresh = 1 when the token was set just now, so the batch cannot have been
 -- committed.  The caller reads the list with an LRANGE sent right behind.
@@ -89,14 +92,28 @@ local function claim(id, n)
 end
 
 if have == 0 and move then
-  local take = math.min(most_events, redis.call('LLEN', queue))
+  local waiting = redis.call('LLEN', queue)
+  local take = math.min(most_events, waiting)
   if take > 0 then
-    redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, take, 'STORE', processing)
+    -- the head alone first: a huge element is copied once, not with a batch
+    redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, 1, 'STORE', processing)
     local bytes = measure()
-    while take > 1 and bytes > most_bytes do
-      take = math.floor(take / 2)
-      redis.call('LTRIM', processing, 0, take - 1)
-      bytes = measure()
+    if take > 1 and bytes <= most_bytes then
+      -- as many as fit if the rest are like the queue's first nodes, which
+      -- MEMORY USAGE samples; then halved until they do fit
+      local per_element = redis.call('MEMORY', 'USAGE', queue, 'SAMPLES', 5) / waiting
+      take = math.max(1, math.min(take, math.floor(most_bytes / math.max(per_element, 1))))
+      if take > 1 then
+        redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, take, 'STORE', processing)
+        bytes = measure()
+      end
+      while take > 1 and bytes > most_bytes do
+        take = math.floor(take / 2)
+        redis.call('LTRIM', processing, 0, take - 1)
+        bytes = measure()
+      end
+    else
+      take = 1
     end
     if bytes > most_bytes + most_bytes / 4 + 4096 then
       -- too large for any batch: keep its size and first bytes only
