@@ -141,7 +141,7 @@ QueueCallOk(AggrQueueStatus status, const char *error)
 {
 	if (status == AGGR_QUEUE_OK)
 		return true;
-	if (status == AGGR_QUEUE_DOWN)
+	if (status == AGGR_QUEUE_DOWN || status == AGGR_QUEUE_UNKNOWN)
 		BrokerFailed(error);
 	else
 		BrokerRefused(error);

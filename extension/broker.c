@@ -57,7 +57,7 @@ PublishConnection(char **error)
 static void
 ForgetLostConnection(AggrQueueStatus status)
 {
-	if (status == AGGR_QUEUE_DOWN)
+	if (status == AGGR_QUEUE_DOWN || status == AGGR_QUEUE_UNKNOWN)
 	{
 		AggrQueueClose(publish_conn);
 		publish_conn = NULL;
@@ -190,6 +190,19 @@ PushPending(void)
 					 errmsg("the broker refused to queue %d events", nevents),
 					 errdetail("Redis answered: %s", error),
 					 errhint("This is an error of the queue script or of Redis's configuration (ACL, key types), not an outage; nothing was queued.")));
+			break;
+		case AGGR_QUEUE_UNKNOWN:
+
+			/*
+			 * 08007, transaction resolution unknown: the caller must not take
+			 * this for "nothing queued" (a retry is safe, as aggr
+			 * deduplicates; the sidecar answers "outcome": "unknown")
+			 */
+			ereport(ERROR,
+					(errcode(ERRCODE_TRANSACTION_RESOLUTION_UNKNOWN),
+					 errmsg("lost the broker while queueing %d events; they may have been queued", nevents),
+					 errdetail("%s", error),
+					 errhint("Retry: aggr stores each event once, so a retry cannot count it twice.")));
 			break;
 		case AGGR_QUEUE_DOWN:
 			ereport(ERROR,

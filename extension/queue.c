@@ -251,15 +251,18 @@ AggrQueueClosedWhileIdle(AggrQueue *queue)
 	return poll(&pfd, 1, 0) != 0;
 }
 
-/* Marks the connection lost: every later call answers DOWN. */
+/*
+ * Marks the connection lost: every later call answers DOWN.  sent: the
+ * command may have reached Redis, so whether it ran is unknown.
+ */
 static AggrQueueStatus
-Lost(AggrQueue *queue, char **error, const char *why)
+Lost(AggrQueue *queue, char **error, const char *why, bool sent)
 {
 	*error = psprintf("%s: %s", why, queue->redis ? queue->redis->errstr : "not connected");
 	if (queue->redis != NULL)
 		redisFree(queue->redis);
 	queue->redis = NULL;
-	return AGGR_QUEUE_DOWN;
+	return sent ? AGGR_QUEUE_UNKNOWN : AGGR_QUEUE_DOWN;
 }
 
 /*
@@ -272,7 +275,7 @@ LoadScript(AggrQueue *queue, Script *script, char **error)
 	redisReply *load = redisCommand(queue->redis, "SCRIPT LOAD %b", script->text, *script->length);
 
 	if (load == NULL)
-		return Lost(queue, error, "Redis command failed");
+		return Lost(queue, error, "Redis command failed", false);
 	if (load->type != REDIS_REPLY_STRING || load->len >= sizeof(script->sha1))
 	{
 		*error = psprintf("Redis refused to load a script of aggr: %s",
@@ -307,7 +310,7 @@ RunScript(AggrQueue *queue, Script *script, int nkeys, int argc, const char **ar
 	AggrQueueStatus status;
 
 	if (queue->redis == NULL)
-		return Lost(queue, error, "not connected");
+		return Lost(queue, error, "not connected", false);
 	if (script->sha1[0] == '\0' && (status = LoadScript(queue, script, error)) != AGGR_QUEUE_OK)
 		return status;
 	snprintf(nkeys_buf, sizeof(nkeys_buf), "%d", nkeys);
@@ -328,14 +331,15 @@ RunScript(AggrQueue *queue, Script *script, int nkeys, int argc, const char **ar
 		replies[0] = replies[1] = NULL;
 		if (redisAppendCommandArgv(queue->redis, total, args, lens) != REDIS_OK ||
 			(list && redisAppendCommand(queue->redis, "LRANGE %s 0 -1", list) != REDIS_OK))
-			return Lost(queue, error, "Redis command failed");
+			return Lost(queue, error, "Redis command failed", false);
 		for (int i = 0; i < nreplies; i++)
 			if (redisGetReply(queue->redis, (void **) &replies[i]) != REDIS_OK)
 			{
 				for (int j = 0; j < i; j++)
 					freeReplyObject(replies[j]);
 				replies[0] = replies[1] = NULL;
-				return Lost(queue, error, "Redis command failed");
+				/* written, or partly: the script may have run */
+				return Lost(queue, error, "Redis command failed", true);
 			}
 		if (attempt == 0 && replies[0]->type == REDIS_REPLY_ERROR &&
 			strncmp(replies[0]->str, "NOSCRIPT", 8) == 0)
@@ -671,21 +675,21 @@ AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready, char **error)
 
 	*ready = false;
 	if (queue->redis == NULL)
-		return Lost(queue, error, "not connected");
+		return Lost(queue, error, "not connected", false);
 	snprintf(timeout_buf, sizeof(timeout_buf), "%.3f", timeout_ms / 1000.0);
 	if (redisAppendCommand(queue->redis, "BLMOVE %s %s RIGHT RIGHT %s", aggr_queue_key,
 						   aggr_queue_key, timeout_buf) != REDIS_OK)
-		return Lost(queue, error, "Redis command failed");
+		return Lost(queue, error, "Redis command failed", false);
 	while (!done)
 		if (redisBufferWrite(queue->redis, &done) != REDIS_OK)
-			return Lost(queue, error, "Redis command failed");
+			return Lost(queue, error, "Redis command failed", false);
 
 	for (;;)
 	{
 		int			rc;
 
 		if (redisReaderGetReply(queue->redis->reader, &reply) != REDIS_OK)
-			return Lost(queue, error, "unreadable reply to BLMOVE");
+			return Lost(queue, error, "unreadable reply to BLMOVE", false);
 		if (reply != NULL)
 			break;
 
@@ -704,9 +708,9 @@ AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready, char **error)
 			}
 		}
 		if (rc & WL_TIMEOUT)
-			return Lost(queue, error, "no answer to BLMOVE");
+			return Lost(queue, error, "no answer to BLMOVE", false);
 		if ((rc & WL_SOCKET_READABLE) && redisBufferRead(queue->redis) != REDIS_OK)
-			return Lost(queue, error, "Redis command failed");
+			return Lost(queue, error, "Redis command failed", false);
 	}
 
 	r = reply;

@@ -19,7 +19,10 @@ typedef enum AggrQueueStatus
 	AGGR_QUEUE_OK,
 	AGGR_QUEUE_FULL,			/* the push would pass the bound: nothing
 								 * queued */
-	AGGR_QUEUE_DOWN,			/* connection failed or lost; it is closed */
+	AGGR_QUEUE_DOWN,			/* connection failed or lost before the
+								 * command was sent; it is closed */
+	AGGR_QUEUE_UNKNOWN,			/* lost after the command was sent: it may
+								 * have run; the connection is closed */
 	AGGR_QUEUE_REFUSED			/* Redis answered an error (a script error,
 								 * out of memory, no permission) */
 } AggrQueueStatus;
@@ -66,8 +69,8 @@ extern void AggrQueueEndEnvelope(StringInfo element);
 
 /*
  * Publishing: every element or none, within aggr.queue_maxsize; *depth is the
- * depth after the push (or, when full, before it).  The reply of a push may
- * be lost after Redis applied it: DOWN after a push means "unknown".
+ * depth after the push (or, when full, before it).  UNKNOWN: the answer was
+ * lost, so the elements may have been queued.
  */
 extern AggrQueueStatus AggrQueuePush(AggrQueue *queue, int nelements,
 									 const AggrQueueElement *elements,

@@ -129,7 +129,8 @@ Usage(FILE *out)
 			"  --verify-timeout SECONDS  longest wait for the queue to drain (default 60)\n"
 			"  --expect-unique N      with --verify: expected growth of unique_processed\n"
 			"  --ledger FILE          one line per event: topic TAB event_id TAB\n"
-			"                         acked|failed|unknown\n"
+			"                         acked|failed|unknown TAB attempts that may\n"
+			"                         have been applied besides an acked one\n"
 			"  --format json|ndjson   HTTP bodies as a JSON array (default) or one\n"
 			"                         event per line (application/x-ndjson)\n"
 			"  --gzip                 HTTP bodies gzip-compressed (Content-Encoding),\n"
@@ -600,10 +601,13 @@ WriteLedger(FILE *f, const AggrRun *run)
 		const char *outcome = AggrOutcomeName(run->state[b].outcome);
 		const AggrBatch *batch = &s->batches[b];
 
+		/* how often beyond the acked attempt the server may have counted it */
+		int			maybe = run->state[b].maybe_applied;
+
 		for (long i = batch->first; i < batch->first + batch->count; i++)
 		{
 			AggrGenEventKey(s, s->events[i].unique, topic, event_id);
-			fprintf(f, "%s\t%s\t%s\n", topic, event_id, outcome);
+			fprintf(f, "%s\t%s\t%s\t%d\n", topic, event_id, outcome, maybe);
 		}
 	}
 	return fflush(f) == 0 && !ferror(f);

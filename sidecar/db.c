@@ -282,6 +282,8 @@ SetError(AggrDbError *err, const char *sqlstate, const char *message,
 		err->message[--len] = '\0';
 	err->detail = detail ? AggrStrdup(detail) : NULL;
 	err->hint = hint ? AggrStrdup(hint) : NULL;
+	/* aggr_publish lost Redis's answer to its push: the events may be queued */
+	err->outcome_unknown = (strcmp(err->sqlstate, "08007") == 0);
 }
 
 /*

@@ -128,6 +128,7 @@ TestSqlstates(void)
 	CheckStatus("53000", 503, true, false);
 	CheckStatus("53300", 503, true, false);
 	CheckStatus("08006", 503, true, false);
+	CheckStatus("08007", 503, true, false);
 	CheckStatus("08001", 503, true, false);
 	CheckStatus("55000", 503, false, false);
 	CheckStatus("42883", 503, false, false);

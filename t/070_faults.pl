@@ -1,11 +1,16 @@
 # The fault suite: nothing acknowledged is ever lost.  Two aggr-publishers send
 # events with 35 % duplicates through aggr-sidecar (broker mode) and keep a
 # ledger of every event's outcome; meanwhile one kind of fault is injected.
-# After the queue drains, the ledger is checked against aggr.events:
-#   scenario: acknowledged N, lost 0, recovered R, duplicates D, invariants ok
+# After the queue drains, the ledger is checked against aggr.events and the
+# counters: nothing acknowledged lost, nothing counted twice (received lies
+# between the acknowledged events and those plus every attempt whose answer
+# was lost), unique_processed = the distinct keys stored:
+#   scenario: acknowledged N, lost 0, recovered R, duplicates D,
+#             received X in [MIN, MAX], invariants ok
 # Scenarios: consumers SIGTERMed, a consumer SIGKILLed (PostgreSQL restarts
 # every backend), Redis SIGKILLed and restarted, PostgreSQL stopped with
-# -m immediate, and replies of Redis lost in transit (a proxy drops them), plus
+# -m immediate, replies of Redis lost in transit (a proxy drops them), and a
+# consumer exiting between its COMMIT and its acknowledgement, plus
 # a control run proving that the check sees a loss when a consumer pops
 # destructively through the same proxy.
 #
@@ -88,18 +93,25 @@ sub scenario
     # the counters settle with the last commit; wait for them to stop moving
     my $after = stats($node);
     wait_for(sub { my $s = stats($node); my $same = $s->{received} == $after->{received}; $after = $s; $same && $s->{unique_processed} - $before->{unique_processed} == $r->{present} }, 30);
-    my $d_unique = $after->{unique_processed} - $before->{unique_processed};
-    my $d_dup    = $after->{duplicate_dropped} - $before->{duplicate_dropped};
+    my $d_unique   = $after->{unique_processed} - $before->{unique_processed};
+    my $d_dup      = $after->{duplicate_dropped} - $before->{duplicate_dropped};
+    my $d_received = $after->{received} - $before->{received};
     my $rows     = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');
     my $inv = $after->{unique_processed} == $rows
       && $after->{received} == $after->{unique_processed} + $after->{duplicate_dropped}
       && $d_unique == $r->{present};
     is($r->{lost}, 0, "$name: no acknowledged event lost");
     is($r->{unexpected}, 0, "$name: nothing stored that was never sent");
+    # nothing counted twice: a replayed batch that was committed before must
+    # not add to received again
+    cmp_ok($d_received, '>=', $r->{min_received}, "$name: received counts every acknowledged event");
+    cmp_ok($d_received, '<=', $r->{max_received},
+        "$name: received counts no event more often than it may have been sent ($d_received <= $r->{max_received})");
     ok($inv, "$name: invariants hold (unique_processed = count(*), received = unique + duplicates)");
     cmp_ok($r->{acknowledged}, '>', 0, "$name: events were acknowledged");
-    my $line = sprintf('%s: acknowledged %d, lost %d, recovered %d, duplicates %d, faults %d, invariants %s',
-        $name, $r->{acknowledged}, $r->{lost}, $r->{recovered}, $d_dup, $faults, $inv ? 'ok' : 'BROKEN');
+    my $line = sprintf('%s: acknowledged %d, lost %d, recovered %d, duplicates %d, received %d in [%d, %d], faults %d, invariants %s',
+        $name, $r->{acknowledged}, $r->{lost}, $r->{recovered}, $d_dup, $d_received,
+        $r->{min_received}, $r->{max_received}, $faults, $inv ? 'ok' : 'BROKEN');
     diag($line);
     push @lines, $line;
 }
@@ -109,6 +121,14 @@ scenario('sigkill', 15, sub { my @p = consumer_pids($node); kill('KILL', $p[0]) 
 scenario('redis-kill', 20, sub { stop_redis($redis, 'KILL'); start_redis($redis) });
 scenario('pg-immediate', 30, sub { $node->stop('immediate'); $node->start });
 scenario('reply-lost', 10, sub { cut_proxy($proxy) });
+# a consumer exits right after a COMMIT, before its acknowledgement: the
+# batch comes back and must be recognised by its token, not counted again
+scenario('after-commit', 10, sub {
+    my $offset = -s $node->logfile;
+    $node->safe_psql('postgres', "ALTER SYSTEM SET aggr.test_crash_point = 'after_commit'; SELECT pg_reload_conf()");
+    wait_for(sub { slurp_file($node->logfile, $offset) =~ /exiting at test crash point/ }, 30);
+    $node->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.test_crash_point; SELECT pg_reload_conf()');
+});
 
 # Control: a consumer that pops destructively (BLPOP, as the replaced service
 # and Logstash's redis input do) loses the element whose reply is lost; the

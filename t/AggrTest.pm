@@ -348,13 +348,20 @@ sub check_ledger
 {
     my ($node, $source, @ledgers) = @_;
     my %sent;
+    # the bounds of what the server may have received: each event of an
+    # acknowledged request once, plus once per attempt that may have been
+    # applied too (its answer was lost)
+    my ($min_received, $max_received) = (0, 0);
     for my $file (@ledgers)
     {
         open(my $fh, '<', $file) or die "$file: $!";
         while (<$fh>)
         {
             chomp;
-            my ($topic, $id, $outcome) = split /\t/;
+            my ($topic, $id, $outcome, $maybe) = split /\t/;
+            my $acked = $outcome eq 'acked' ? 1 : 0;
+            $min_received += $acked;
+            $max_received += $acked + ($maybe // 0);
             my $key = "$topic\t$id";
             # a key re-sent in several requests: acked if any was
             $sent{$key} = $outcome
@@ -364,7 +371,8 @@ sub check_ledger
     my %present = map { $_ => 1 } split /\n/,
       $node->safe_psql('postgres',
         "SELECT topic || E'\\t' || event_id FROM aggr.events WHERE source = '$source'");
-    my %r = (acknowledged => 0, lost => 0, recovered => 0, unexpected => 0);
+    my %r = (acknowledged => 0, lost => 0, recovered => 0, unexpected => 0,
+        min_received => $min_received, max_received => $max_received);
     for my $key (keys %sent)
     {
         if ($sent{$key} eq 'acked')
