@@ -66,6 +66,12 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 /* Longest wait between retries after a failure (aggr.test_backoff: shorter). */
 #define AGGR_MAX_BACKOFF_MS 5000
 
+/*
+ * A batch handed out this often (it never committed, whatever stopped it,
+ * a crash of the whole server included) is ingested element by element.
+ */
+#define AGGR_WHOLE_ATTEMPTS 3
+
 static int	my_slot;			/* 1-based */
 static AggrQueue *queue = NULL;
 static bool broker_was_down = false;
@@ -366,12 +372,15 @@ IsTransient(int sqlerrcode)
 		case ERRCODE_CONNECTION_EXCEPTION:
 		case ERRCODE_TRANSACTION_ROLLBACK:
 		case ERRCODE_OPERATOR_INTERVENTION:
-		case ERRCODE_SYSTEM_ERROR:
 			return true;
 		case ERRCODE_INSUFFICIENT_RESOURCES:
-			return sqlerrcode != ERRCODE_OUT_OF_MEMORY;
+			/* not out of memory, not temp_file_limit (53400) */
+			return sqlerrcode == ERRCODE_DISK_FULL ||
+				sqlerrcode == ERRCODE_INSUFFICIENT_RESOURCES ||
+				sqlerrcode == ERRCODE_TOO_MANY_CONNECTIONS;
 		default:
-			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+			return sqlerrcode == ERRCODE_IO_ERROR ||
+				sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
 	}
 }
 
@@ -517,8 +526,9 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 	AggrIngestResult result = {0};
 	Rejects		rejects = {0};
 	bool		already;
-	bool		split = (failed_token != NULL && failed_slot == slot &&
-						 strcmp(failed_token, taken->token) == 0);
+	bool		split = (taken->attempts >= AGGR_WHOLE_ATTEMPTS ||
+						 (failed_token != NULL && failed_slot == slot &&
+						  strcmp(failed_token, taken->token) == 0));
 
 	ingesting_slot = slot;
 	ingesting_token = taken->token;
@@ -553,7 +563,7 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ingesting_slot = 0;
 	ingesting_token = NULL;
-	if (split)
+	if (failed_token != NULL && split)
 	{
 		pfree(failed_token);
 		failed_token = NULL;
@@ -743,6 +753,13 @@ AggrConsumerMain(Datum main_arg)
 			MemoryContextSwitchTo(loop_context);
 			pgstat_report_activity(STATE_IDLE, NULL);
 			NoteFailure(error);
+
+			/*
+			 * The error may have come while a reply of Redis was still due (a
+			 * cancel during the wait): the connection is not trusted again.
+			 */
+			AggrQueueClose(queue);
+			queue = NULL;
 			extension_ready = false;
 			failed = true;
 		}

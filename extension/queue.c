@@ -146,7 +146,9 @@ AggrQueueConnect(bool check_eviction, char **error)
 	int			port = 6379;
 	int			db = 0;
 	struct timeval connect_timeout = {1, 0};
-	struct timeval command_timeout = {5, 0};
+
+	/* a take may carry aggr.batch_bytes: at least 16 MB/s on top of 5 s */
+	struct timeval command_timeout = {5 + aggr_batch_bytes / (16 * 1024), 0};
 	redisContext *c;
 	redisReply *reply;
 	AggrQueue  *queue;
@@ -555,6 +557,7 @@ ReadTaken(redisReply *take, redisReply *list, AggrTakenBatch *batch)
 	batch->fresh = IntegerField(take, "fresh", &ok) == 1;
 	if (!ok || hash == NULL || hash->type != REDIS_REPLY_ARRAY || list->type != REDIS_REPLY_ARRAY)
 		return false;
+	batch->attempts = Field(hash, "attempts") ? (int) IntegerField(hash, "attempts", &ok) : 0;
 	token = Field(hash, "token");
 	batch->token = pstrdup(token && token->type == REDIS_REPLY_STRING ? token->str : "");
 	if (Field(hash, "oversize") != NULL)
@@ -603,7 +606,7 @@ ReadTaken(redisReply *take, redisReply *list, AggrTakenBatch *batch)
 		if (out->length > 0)
 			memcpy(out->data, head->str, out->length);
 		out->data[out->length] = '\0';
-		out->nevents = Max((int) IntegerField(hash, "events", &ok), 1);
+		out->nevents = 1;
 	}
 	return ok;
 }
@@ -621,7 +624,7 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	const char *argv[12];
 	redisReply *replies[2];
 	AggrQueueStatus status;
-	bool		ok;
+	volatile bool ok = false;
 
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
 		elog(ERROR, "could not generate a batch token");
@@ -647,14 +650,19 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 					   processing, replies, error);
 	if (status != AGGR_QUEUE_OK)
 		return status;
-	ok = ReadTaken(replies[0], replies[1], batch);
-	freeReplyObject(replies[0]);
-	freeReplyObject(replies[1]);
-	if (!ok)
+	/* the copy may run out of memory: the replies are freed all the same */
+	PG_TRY();
 	{
-		*error = pstrdup("unexpected answer from the take script");
-		return AGGR_QUEUE_REFUSED;
+		ok = ReadTaken(replies[0], replies[1], batch);
 	}
+	PG_FINALLY();
+	{
+		freeReplyObject(replies[0]);
+		freeReplyObject(replies[1]);
+	}
+	PG_END_TRY();
+	if (!ok)
+		return Lost(queue, error, "unexpected answer from the take script", false);
 	return AGGR_QUEUE_OK;
 }
 

@@ -49,6 +49,7 @@ typedef struct AggrTakenBatch
 {
 	bool		acknowledged;	/* the batch named by the ack token was */
 	bool		fresh;			/* the token is new: never committed */
+	int			attempts;		/* how often it was handed out, this one too */
 	char	   *token;			/* "" when nothing was taken */
 	int			nelements;
 	AggrTakenElement *elements;

@@ -15,7 +15,14 @@ local events = tonumber(ARGV[2])
 local envelopes = tonumber(ARGV[3])
 local first_element = 4 + 2 * envelopes
 
-local depth = redis.call('LLEN', queue) + (tonumber(redis.call('GET', extra_key)) or 0)
+-- every read that can fail comes before the first write (RPUSH), so a
+-- failing push queues nothing
+local extra = redis.call('GET', extra_key)
+if extra and not tonumber(extra) then
+  return redis.error_reply('ERR ' .. extra_key .. ' does not hold an integer')
+end
+redis.call('HLEN', registry)
+local depth = redis.call('LLEN', queue) + (tonumber(extra) or 0)
 if #ARGV < first_element then
   return {'queued', 0, 'depth', depth}
 end

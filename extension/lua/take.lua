@@ -6,11 +6,12 @@
 -- ARGV: a fresh token, most events, most bytes, move ('1' = take from the
 --       queue), the token to acknowledge first ('' = none), head bytes
 --
--- The batch hash names what the processing list holds: token, and for each
--- of aggr's envelopes in it 'envelope:<id>' = its events.  An element too
--- large for any batch is not moved: it leaves the queue and the hash keeps
--- 'oversize' (its size), 'head' (its first bytes) and 'events', which the
--- consumer dead-letters.
+-- The batch hash names what the processing list holds: token, attempts (how
+-- often it was handed out), and for each of aggr's envelopes in it
+-- 'envelope:<id>' = its events.  An element of another producer too large
+-- for any batch is not moved: it leaves the queue and the hash keeps
+-- 'oversize' (its size) and 'head' (its first bytes), which the consumer
+-- dead-letters.
 --
 -- Acknowledging deletes the list and the hash, if the hash still has that
 -- token.  A list with a token may be committed already: it is replayed as it
@@ -19,10 +20,14 @@
 -- registry is empty (no envelope of aggr waits), no element passes through
 -- Lua.  A batch holds at most 'most events' events and measures at most
 -- 'most bytes' (MEMORY USAGE, allocator rounding included), except that an
--- element alone is taken up to a quarter more (rounding) plus 4 kB.  The
--- head is moved alone first, then as many as fit if the rest are like the
--- queue's first nodes (which MEMORY USAGE ... SAMPLES 5 reads), halved until
--- they do fit: a take copies little more than it keeps.
+-- element alone is taken up to a quarter more (rounding) plus 4 kB, and an
+-- envelope of aggr whole.  The batch grows from the head by doubling, so a
+-- take copies at most twice what it keeps, plus the step that did not fit.
+--
+-- Every read that can fail (a key of the wrong type, a command the ACL does
+-- not allow) comes before the first write, so a failing take changes
+-- nothing; the first write is a DEL, which Redis allows at maxmemory, so
+-- consumers can drain a full Redis (later writes are then allowed too).
 -- Returns {'acknowledged', 0|1, 'fresh', 0|1, 'batch', HGETALL of the hash};
 -- fresh = 1 when the token was set just now, so the batch cannot have been
 -- committed.  The caller reads the list with an LRANGE sent right behind.
@@ -35,10 +40,25 @@ local move = ARGV[4] == '1'
 local ack_token = ARGV[5]
 local head_bytes = tonumber(ARGV[6])
 
+-- reads
+local waiting = redis.call('LLEN', queue)
+local registered = redis.call('HLEN', registry)
+local extra = redis.call('GET', extra_key)
+if extra and not tonumber(extra) then
+  return redis.error_reply('ERR ' .. extra_key .. ' does not hold an integer')
+end
+local have = redis.call('LLEN', processing)
+local token = redis.call('HGET', batch, 'token')
+local old_token = redis.call('GET', old_token_key)
+redis.call('MEMORY', 'USAGE', processing, 'SAMPLES', 0)
+
+-- writes
+redis.call('DEL', old_token_key)
 local acknowledged = 0
-if ack_token ~= '' and redis.call('HGET', batch, 'token') == ack_token then
+if ack_token ~= '' and token == ack_token then
   redis.call('DEL', processing, batch)
   acknowledged = 1
+  have, token = 0, false
 end
 
 local function answer(fresh)
@@ -46,17 +66,12 @@ local function answer(fresh)
 end
 
 -- a batch taken by aggr 0.2 keeps its token
-local old_token = redis.call('GET', old_token_key)
-if old_token then
-  if redis.call('EXISTS', batch) == 0 then
-    redis.call('HSET', batch, 'token', old_token)
-  end
-  redis.call('DEL', old_token_key)
+if old_token and not token then
+  redis.call('HSET', batch, 'token', old_token)
+  token = old_token
 end
-
-local have = redis.call('LLEN', processing)
-local token = redis.call('HGET', batch, 'token')
 if token and (have > 0 or redis.call('HEXISTS', batch, 'oversize') == 1) then
+  redis.call('HINCRBY', batch, 'attempts', 1)
   return answer(0)
 end
 if token then
@@ -83,6 +98,11 @@ local function measure()
   return redis.call('MEMORY', 'USAGE', processing, 'SAMPLES', 0) or 0
 end
 
+local function copy(n)
+  redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, n, 'STORE', processing)
+  return measure()
+end
+
 local extra_taken = 0
 local function claim(id, n)
   claimed[id] = true
@@ -91,75 +111,71 @@ local function claim(id, n)
   extra_taken = extra_taken + n - 1
 end
 
-if have == 0 and move then
-  local waiting = redis.call('LLEN', queue)
-  local take = math.min(most_events, waiting)
-  if take > 0 then
-    -- the head alone first: a huge element is copied once, not with a batch
-    redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, 1, 'STORE', processing)
-    local bytes = measure()
-    if take > 1 and bytes <= most_bytes then
-      -- as many as fit if the rest are like the queue's first nodes, which
-      -- MEMORY USAGE samples; then halved until they do fit
-      local per_element = redis.call('MEMORY', 'USAGE', queue, 'SAMPLES', 5) / waiting
-      take = math.max(1, math.min(take, math.floor(most_bytes / math.max(per_element, 1))))
-      if take > 1 then
-        redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, take, 'STORE', processing)
-        bytes = measure()
+if have == 0 and move and waiting > 0 then
+  local most = math.min(most_events, waiting)
+  local take = 1
+  local bytes = copy(1)
+  if bytes <= most_bytes then
+    -- double while the batch fits; a step that does not fit is undone
+    while take < most do
+      local next_take = math.min(take * 2, most)
+      local next_bytes = copy(next_take)
+      if next_bytes > most_bytes then
+        if take < next_take then
+          redis.call('LTRIM', processing, 0, take - 1)
+        end
+        break
       end
-      while take > 1 and bytes > most_bytes do
-        take = math.floor(take / 2)
-        redis.call('LTRIM', processing, 0, take - 1)
-        bytes = measure()
-      end
-    else
-      take = 1
+      take, bytes = next_take, next_bytes
     end
-    if bytes > most_bytes + most_bytes / 4 + 4096 then
-      -- too large for any batch: keep its size and first bytes only
-      local element = redis.call('LINDEX', processing, 0)
-      local n, id = event_count(element)
+  elseif bytes > most_bytes + most_bytes / 4 + 4096 then
+    -- alone larger than any batch: an envelope of aggr is still taken
+    -- whole (its publisher checked its size); another element leaves the
+    -- queue as its size and first bytes
+    local element = redis.call('LINDEX', processing, 0)
+    local n, id = event_count(element)
+    if id == nil then
+      redis.call('DEL', processing)
+      redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes))
+    end
+    element = nil
+  end
+  if registered > 0 then
+    -- envelopes of aggr may be among them: count events element by element
+    local events, kept = 0, 0
+    for i = 0, take - 1 do
+      local n, id = event_count(redis.call('LINDEX', processing, i) or '')
+      if kept > 0 and events + n > most_events then
+        break
+      end
+      kept = kept + 1
+      events = events + n
       if id then
         claim(id, n)
       end
-      redis.call('DEL', processing)
-      redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes),
-        'events', n)
-      element = nil
-    elseif redis.call('HLEN', registry) > 0 then
-      -- envelopes of aggr may be among them: count events element by element
-      local events, kept = 0, 0
-      for i = 0, take - 1 do
-        local n, id = event_count(redis.call('LINDEX', processing, i))
-        if kept > 0 and events + n > most_events then
-          break
-        end
-        kept = kept + 1
-        events = events + n
-        if id then
-          claim(id, n)
-        end
-        if events >= most_events then
-          break
-        end
+      if events >= most_events then
+        break
       end
-      take = kept
-      redis.call('LTRIM', processing, 0, take - 1)
     end
-    redis.call('LTRIM', queue, take, -1)
-    have = redis.call('LLEN', processing)
+    if kept < take and redis.call('EXISTS', processing) == 1 then
+      redis.call('LTRIM', processing, 0, kept - 1)
+    end
+    take = kept
   end
+  redis.call('LTRIM', queue, take, -1)
+  waiting = waiting - take
+  have = redis.call('LLEN', processing)
 end
 
 if extra_taken > 0 then
   redis.call('DECRBY', extra_key, extra_taken)
 end
-if redis.call('LLEN', queue) == 0 then
+if waiting == 0 then
   -- nothing waits, so no envelope either (the queue may have been deleted)
   redis.call('DEL', registry, extra_key)
 end
 if have == 0 and redis.call('HEXISTS', batch, 'oversize') == 0 then
   return answer(0)
 end
-redis.call('HSET', batch, 'token', fresh_token)
+redis.call('HSET', batch, 'token', fresh_token, 'attempts', 1)
 return answer(1)
