@@ -67,10 +67,13 @@ PGDLLEXPORT void AggrConsumerMain(Datum main_arg);
 #define AGGR_MAX_BACKOFF_MS 5000
 
 /*
- * A batch handed out this often (it never committed, whatever stopped it,
- * a crash of the whole server included) is ingested element by element.
+ * A batch handed out this often without committing, for reasons that were
+ * not transient or not seen (a crash of the whole server, say), is ingested
+ * element by element; handed out AGGR_DEAD_ATTEMPTS times, its elements are
+ * dead-lettered as they are, unparsed (the parse may be what kills us).
  */
 #define AGGR_WHOLE_ATTEMPTS 3
+#define AGGR_DEAD_ATTEMPTS 10
 
 static int	my_slot;			/* 1-based */
 static AggrQueue *queue = NULL;
@@ -95,6 +98,13 @@ static int	ingesting_slot = 0;
 static const char *ingesting_token = NULL;
 static int	failed_slot = 0;
 static char *failed_token = NULL;
+
+/*
+ * The batch whose last attempt failed for a transient reason (in
+ * TopMemoryContext): the next take does not count it as an attempt.
+ */
+static int	transient_slot = 0;
+static char *transient_token = NULL;
 
 /* the last refusal of the broker that was logged, so each is logged once */
 static char *logged_refusal = NULL;
@@ -165,6 +175,16 @@ ReloadIfPending(void)
 	}
 }
 
+/*
+ * A cancel (pg_cancel_backend) between batches has nothing to cancel; outside
+ * the loop's error handler it would end the worker.
+ */
+static void
+IgnoreCancel(void)
+{
+	QueryCancelPending = false;
+}
+
 /* Sleeps on the latch, doubling the backoff up to its cap. */
 static void
 Backoff(void)
@@ -175,6 +195,7 @@ Backoff(void)
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 backoff_ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+	IgnoreCancel();
 	CHECK_FOR_INTERRUPTS();
 }
 
@@ -540,7 +561,17 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 	pgstat_report_activity(STATE_RUNNING, "aggr consumer: ingesting a batch");
 
 	already = !taken->fresh && TokenCommitted(slot, taken->token);
-	if (!already && split)
+	if (!already && taken->attempts >= AGGR_DEAD_ATTEMPTS)
+	{
+		ereport(LOG,
+				(errmsg("aggr consumer %d: dead-lettering batch %s of slot %d as it is: handed out %d times without committing",
+						my_slot, taken->token, slot, taken->attempts)));
+		InitConverted(taken, &batch, &rejects);
+		for (int i = 0; i < taken->nelements; i++)
+			AddReject(&rejects, taken->elements[i].data, taken->elements[i].length,
+					  psprintf("batch handed out %d times without committing; not parsed", taken->attempts));
+	}
+	else if (!already && split)
 	{
 		ereport(LOG,
 				(errmsg("aggr consumer %d: ingesting batch %s of slot %d element by element after it failed as a whole",
@@ -578,9 +609,19 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 		AggrSlotCommitted(my_slot, batch.nevents + rejects.n, rejects.n);
 }
 
+static void
+ForgetTransientFailure(void)
+{
+	if (transient_token)
+		pfree(transient_token);
+	transient_token = NULL;
+	transient_slot = 0;
+}
+
 /*
  * After an error: if a batch was being ingested and the error would repeat,
- * its next replay goes element by element.
+ * its next replay goes element by element; if it was transient, the replay
+ * does not count as an attempt.
  */
 static void
 NoteFailure(ErrorData *error)
@@ -593,6 +634,12 @@ NoteFailure(ErrorData *error)
 			pfree(failed_token);
 		failed_token = MemoryContextStrdup(TopMemoryContext, ingesting_token);
 		failed_slot = ingesting_slot;
+	}
+	else
+	{
+		ForgetTransientFailure();
+		transient_token = MemoryContextStrdup(TopMemoryContext, ingesting_token);
+		transient_slot = ingesting_slot;
 	}
 	ingesting_slot = 0;
 	ingesting_token = NULL;
@@ -628,9 +675,11 @@ ConsumeOnce(int slot, bool own)
 	char	   *error = NULL;
 	bool		ready;
 
-	status = AggrQueueTake(queue, slot, own, own ? unacked_token : NULL, &taken, &error);
+	status = AggrQueueTake(queue, slot, own, own ? unacked_token : NULL,
+						   transient_slot == slot ? transient_token : NULL, &taken, &error);
 	if (!QueueCallOk(status, error))
 		return false;
+	ForgetTransientFailure();
 	if (own && unacked_token != NULL)
 	{
 		/* acknowledged now, or the list is gone: nothing left to acknowledge */
@@ -648,7 +697,7 @@ ConsumeOnce(int slot, bool own)
 			return false;
 		if (!ready)
 			return true;
-		status = AggrQueueTake(queue, slot, true, NULL, &taken, &error);
+		status = AggrQueueTake(queue, slot, true, NULL, NULL, &taken, &error);
 		if (!QueueCallOk(status, error))
 			return false;
 		if (taken.nelements == 0)
@@ -661,7 +710,7 @@ ConsumeOnce(int slot, bool own)
 	{
 		AggrTakenBatch rest;
 
-		status = AggrQueueTake(queue, slot, false, taken.token, &rest, &error);
+		status = AggrQueueTake(queue, slot, false, taken.token, NULL, &rest, &error);
 		if (!QueueCallOk(status, error))
 			return false;
 	}
@@ -709,6 +758,7 @@ AggrConsumerMain(Datum main_arg)
 	{
 		volatile bool failed = false;
 
+		IgnoreCancel();
 		CHECK_FOR_INTERRUPTS();
 		ReloadIfPending();
 		MemoryContextSwitchTo(loop_context);

@@ -202,7 +202,7 @@ PushPending(void)
 					(errcode(ERRCODE_TRANSACTION_RESOLUTION_UNKNOWN),
 					 errmsg("lost the broker while queueing %d events; they may have been queued", nevents),
 					 errdetail("%s", error),
-					 errhint("Retry: aggr stores each event once, so a retry cannot count it twice.")));
+					 errhint("A retry is safe: aggr stores each event once (received and duplicate_dropped may count it twice).")));
 			break;
 		case AGGR_QUEUE_DOWN:
 			ereport(ERROR,

@@ -613,7 +613,7 @@ ReadTaken(redisReply *take, redisReply *list, AggrTakenBatch *batch)
 
 AggrQueueStatus
 AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
-			  AggrTakenBatch *batch, char **error)
+			  const char *transient_token, AggrTakenBatch *batch, char **error)
 {
 	char		token[33];
 	uint8		random_bytes[16];
@@ -621,7 +621,7 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	char		bytes[24];
 	char		head[16];
 	char	   *processing = QueueKey("processing", slot);
-	const char *argv[12];
+	const char *argv[13];
 	redisReply *replies[2];
 	AggrQueueStatus status;
 	volatile bool ok = false;
@@ -646,7 +646,8 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	argv[9] = move ? "1" : "0";
 	argv[10] = ack_token ? ack_token : "";
 	argv[11] = head;
-	status = RunScript(queue, &take_script, 6, 12, argv, NULL,
+	argv[12] = transient_token ? transient_token : "";
+	status = RunScript(queue, &take_script, 6, 13, argv, NULL,
 					   processing, replies, error);
 	if (status != AGGR_QUEUE_OK)
 		return status;
@@ -662,7 +663,7 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	}
 	PG_END_TRY();
 	if (!ok)
-		return Lost(queue, error, "unexpected answer from the take script", false);
+		return Lost(queue, error, "unexpected answer from the take script", true);
 	return AGGR_QUEUE_OK;
 }
 

@@ -49,7 +49,8 @@ typedef struct AggrTakenBatch
 {
 	bool		acknowledged;	/* the batch named by the ack token was */
 	bool		fresh;			/* the token is new: never committed */
-	int			attempts;		/* how often it was handed out, this one too */
+	int			attempts;		/* how often it was handed out, this one too,
+								 * less those that failed transiently */
 	char	   *token;			/* "" when nothing was taken */
 	int			nelements;
 	AggrTakenElement *elements;
@@ -82,13 +83,16 @@ extern AggrQueueStatus AggrQueueDepth(AggrQueue *queue, int64 *depth, char **err
  * Consuming, for slot k: acknowledge ack_token's batch (if not NULL) and,
  * with move, take the next batch into the slot's processing list (at most
  * aggr.batch_size events and aggr.batch_bytes bytes); return what the list
- * holds, which is replayed as it is while it has a token.  Wait blocks until
+ * holds, which is replayed as it is while it has a token; transient_token
+ * names a batch whose last attempt failed for a transient reason, which
+ * does not count as an attempt (AggrTakenBatch.attempts).  Wait blocks until
  * the queue has an element (*ready), timeout_ms passes, or the latch is set;
  * it handles SIGHUP and CHECK_FOR_INTERRUPTS.
  */
 extern AggrQueueStatus AggrQueueTake(AggrQueue *queue, int slot, bool move,
-									 const char *ack_token, AggrTakenBatch *batch,
-									 char **error);
+									 const char *ack_token,
+									 const char *transient_token,
+									 AggrTakenBatch *batch, char **error);
 extern AggrQueueStatus AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready,
 									 char **error);
 

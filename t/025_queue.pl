@@ -15,7 +15,8 @@
 #   5. hundreds of failed replays (a transient error): the consumer's private
 #      memory stays flat, and the batch is stored once when the error goes;
 #   6. a script error is reported as one, not as an outage; a flushed script
-#      cache is reloaded; a cancel of the waiting consumer loses nothing;
+#      cache is reloaded; a cancel of the waiting consumer loses nothing; a
+#      batch that kills its consumer every time is dead-lettered after 10;
 #   7. the README's ACL line is all the broker user needs, and a
 #      maxmemory-policy that may evict the queue is warned about.
 use strict;
@@ -291,13 +292,34 @@ sub drained
 #     leaves no reply of Redis unread: the next batch is taken and stored
 {
     my ($pid) = consumer_pids($node);
-    wait_for(sub { sql("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $pid") eq 'Extension' }, 10);
+    ok(wait_for(sub { sql("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $pid") eq 'Extension' }, 10),
+        'cancel: the consumer waits');
     sql("SELECT pg_cancel_backend($pid)");
     like(publish($node, event('cancel', 'c1')), qr/"accepted": 1/, 'cancel: a publish after it');
     $total{received}++;
     $total{unique}++;
     drained('cancel');
     is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'cancel'}), 1, 'cancel: the consumer goes on');
+    is((consumer_pids($node))[0], $pid, 'cancel: the same consumer process, not a restarted one');
+}
+
+# 6c. a batch that kills its consumer every time (here: the test crash point
+#     before COMMIT) goes element by element after 3 hand-outs and is
+#     dead-lettered unparsed after 10, so the queue moves on
+{
+    my $offset = -s $node->logfile;
+    sql("ALTER SYSTEM SET aggr.test_crash_point = 'before_commit'");
+    sql('SELECT pg_reload_conf()');
+    publish($node, '[' . event('doomed', 1) . ',' . event('doomed', 2) . ']');
+    ok(wait_for(sub { slurp_file($node->logfile, $offset) =~ /dead-lettering batch \S+ of slot 1 as it is: handed out 10 times/ }, 90),
+        'doomed: after 10 hand-outs the batch is dead-lettered as it is');
+    like(slurp_file($node->logfile, $offset), qr/element by element after it failed as a whole/, 'doomed: element by element first');
+    sql('ALTER SYSTEM RESET aggr.test_crash_point');
+    sql('SELECT pg_reload_conf()');
+    wait_for(sub { consumer_pids($node) == 1 }, 30);
+    drained('doomed');
+    is(sql(q{SELECT count(*) FROM aggr.rejected WHERE reason LIKE 'batch handed out % times without committing; not parsed'
+             AND convert_from(raw, 'UTF8') LIKE '%doomed%'}), 1, 'doomed: its element is in aggr.rejected, raw');
 }
 
 # 7. the README's ACL line, and the eviction warning
@@ -313,11 +335,20 @@ sub drained
     ok(wait_for(sub { slurp_file($node->logfile, $offset) =~ /maxmemory-policy is allkeys-lru, so Redis may evict/ }, 30),
         'eviction: the consumer warns about maxmemory-policy allkeys-lru');
     like(publish($node, '[' . event('acl', 1) . ',' . event('acl', 2) . ']'), qr/"accepted": 2/, 'ACL: publishing works');
+    # a replay under that user too: the consumer exits before its COMMIT once
+    sql("ALTER SYSTEM SET aggr.test_crash_point = 'before_commit'");
+    sql('SELECT pg_reload_conf()');
+    publish($node, event('acl', 3));
+    ok(wait_for(sub { slurp_file($node->logfile, $offset) =~ /exiting at test crash point/ }, 30), 'ACL: a batch to replay');
+    sql('ALTER SYSTEM RESET aggr.test_crash_point');
+    sql('SELECT pg_reload_conf()');
+    $total{received}++;
+    $total{unique}++;
     redis_cmd($redis, 'RPUSH', 'aggregator:events', 'not json');
     $total{received} += 2;
     $total{unique}   += 2;
     drained('ACL');
-    is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'acl'}), 2, 'ACL: the consumer takes and stores');
+    is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'acl'}), 3, 'ACL: the consumer takes, replays and stores');
     unlike(slurp_file($node->logfile, $offset), qr/NOPERM|refused the queue script/, 'ACL: nothing was refused');
     redis_cmd($redis, 'CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
 }

@@ -80,7 +80,7 @@ for my $name (sort keys %settings)
 }
 is($node->safe_psql('postgres', 'SHOW aggr.worker_count'), '4', 'WORKER_COUNT default reaches aggr.worker_count');
 is($node->safe_psql('postgres', 'SHOW aggr.poll_interval'), '2s', 'QUEUE_POLL_INTERVAL is seconds');
-is($node->safe_psql('postgres', 'SHOW aggr.queue_maxsize'), '5000', 'QUEUE_MAXSIZE default');
+is($node->safe_psql('postgres', 'SHOW aggr.queue_maxsize'), '1000000', 'QUEUE_MAXSIZE default');
 is($node->safe_psql('postgres', 'SHOW aggr.queue_key'), 'aggregator:events', 'BROKER_QUEUE_KEY default');
 unlike(slurp_file($node->logfile), qr/invalid configuration parameter|unrecognized configuration parameter/,
     'no setting was refused');

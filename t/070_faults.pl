@@ -126,7 +126,8 @@ scenario('reply-lost', 10, sub { cut_proxy($proxy) });
 scenario('after-commit', 10, sub {
     my $offset = -s $node->logfile;
     $node->safe_psql('postgres', "ALTER SYSTEM SET aggr.test_crash_point = 'after_commit'; SELECT pg_reload_conf()");
-    wait_for(sub { slurp_file($node->logfile, $offset) =~ /exiting at test crash point/ }, 30);
+    ok(wait_for(sub { slurp_file($node->logfile, $offset) =~ /exiting at test crash point/ }, 30),
+        'after-commit: a consumer exited between COMMIT and acknowledgement');
     $node->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.test_crash_point; SELECT pg_reload_conf()');
 });
 

@@ -18,7 +18,7 @@ local first_element = 4 + 2 * envelopes
 -- every read that can fail comes before the first write (RPUSH), so a
 -- failing push queues nothing
 local extra = redis.call('GET', extra_key)
-if extra and not tonumber(extra) then
+if extra and not string.match(extra, '^%-?%d+$') then
   return redis.error_reply('ERR ' .. extra_key .. ' does not hold an integer')
 end
 redis.call('HLEN', registry)

@@ -4,10 +4,12 @@
 --       the slot's processing list, the slot's batch hash,
 --       the slot's token key of aggr 0.2 (read once, then deleted)
 -- ARGV: a fresh token, most events, most bytes, move ('1' = take from the
---       queue), the token to acknowledge first ('' = none), head bytes
+--       queue), the token to acknowledge first ('' = none), head bytes, the
+--       token whose last attempt failed for a transient reason ('' = none)
 --
 -- The batch hash names what the processing list holds: token, attempts (how
--- often it was handed out), and for each of aggr's envelopes in it
+-- often it was handed out, not counting attempts the consumer saw fail for a
+-- transient reason), and for each of aggr's envelopes in it
 -- 'envelope:<id>' = its events.  An element of another producer too large
 -- for any batch is not moved: it leaves the queue and the hash keeps
 -- 'oversize' (its size) and 'head' (its first bytes), which the consumer
@@ -22,7 +24,8 @@
 -- 'most bytes' (MEMORY USAGE, allocator rounding included), except that an
 -- element alone is taken up to a quarter more (rounding) plus 4 kB, and an
 -- envelope of aggr whole.  The batch grows from the head by doubling, so a
--- take copies at most twice what it keeps, plus the step that did not fit.
+-- take copies what it keeps plus the doubling step that did not fit (Redis
+-- cannot measure an element without copying it).
 --
 -- Every read that can fail (a key of the wrong type, a command the ACL does
 -- not allow) comes before the first write, so a failing take changes
@@ -39,16 +42,18 @@ local most_bytes = tonumber(ARGV[3])
 local move = ARGV[4] == '1'
 local ack_token = ARGV[5]
 local head_bytes = tonumber(ARGV[6])
+local transient_token = ARGV[7]
 
 -- reads
 local waiting = redis.call('LLEN', queue)
 local registered = redis.call('HLEN', registry)
 local extra = redis.call('GET', extra_key)
-if extra and not tonumber(extra) then
+if extra and not string.match(extra, '^%-?%d+$') then
   return redis.error_reply('ERR ' .. extra_key .. ' does not hold an integer')
 end
 local have = redis.call('LLEN', processing)
 local token = redis.call('HGET', batch, 'token')
+local attempts = tonumber(redis.call('HGET', batch, 'attempts')) or 1
 local old_token = redis.call('GET', old_token_key)
 redis.call('MEMORY', 'USAGE', processing, 'SAMPLES', 0)
 
@@ -71,7 +76,9 @@ if old_token and not token then
   token = old_token
 end
 if token and (have > 0 or redis.call('HEXISTS', batch, 'oversize') == 1) then
-  redis.call('HINCRBY', batch, 'attempts', 1)
+  if token ~= transient_token then
+    redis.call('HSET', batch, 'attempts', attempts + 1)
+  end
   return answer(0)
 end
 if token then
