@@ -9,7 +9,8 @@
 #      keep within aggr.batch_bytes;
 #   3. forged envelopes (an old-format count, an unregistered id, a copy of a
 #      real one) ahead of real ones: the depth is exact, the bound holds for
-#      aggr's publishes and aggr.batch_size holds;
+#      aggr's publishes and aggr.batch_size holds; a million tiny elements:
+#      the default bound holds, batches keep to aggr.batch_size;
 #   4. a batch that fails as a whole for a reason that repeats is ingested
 #      element by element: only the poison is dead-lettered;
 #   5. hundreds of failed replays (a transient error): the consumer's private
@@ -201,6 +202,26 @@ sub drained
     sql('ALTER SYSTEM RESET aggr.batch_size');
     sql('ALTER SYSTEM RESET aggr.queue_maxsize');
     sql('SELECT pg_reload_conf()');
+}
+
+# 3b. a million tiny elements of another producer: the depth is a million,
+#     the default bound (a million) refuses aggr's next publish, and the
+#     consumer drains them in batches of at most aggr.batch_size
+{
+    my $release = hold_consumer('h3b');
+    sql('TRUNCATE batch_log');
+    my $rejected = sql('SELECT count(*) FROM aggr.rejected');
+    redis_cmd($redis, 'EVAL', q{for i = 1, 1000000, 1000 do
+                                  local t = {} for j = i, i + 999 do t[#t + 1] = 'tiny' .. j end
+                                  redis.call('RPUSH', KEYS[1], unpack(t)) end
+                                return redis.call('LLEN', KEYS[1])}, 1, 'aggregator:events');
+    is(depth(), 1000000, 'tiny: the depth is a million');
+    my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT aggr_publish('" . event('tiny', 'over') . "')");
+    like($err, qr/53000: queue "aggregator:events" is full/, 'tiny: the default bound refuses the next publish of aggr');
+    $release->();
+    drained('tiny');
+    is(sql('SELECT count(*) FROM aggr.rejected') - $rejected, 1000000, 'tiny: each dead-lettered');
+    cmp_ok(sql('SELECT max(events) FROM batch_log'), '<=', 500, 'tiny: no batch passed aggr.batch_size');
 }
 
 # 4. a batch that fails as a whole for a reason that would repeat (a user's
