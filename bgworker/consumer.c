@@ -89,22 +89,23 @@ static char *unacked_token = NULL;
 /* consumer 1 has yet to adopt the lists of slots beyond the pool */
 static bool adopt_pending = false;
 
-/*
- * The batch being ingested (its slot and token, in the loop context), and
- * the one that last failed for a reason that is not transient (in
- * TopMemoryContext): its replay goes element by element.
- */
-static int	ingesting_slot = 0;
-static const char *ingesting_token = NULL;
-static int	failed_slot = 0;
-static char *failed_token = NULL;
+/* A batch, by its slot and token. */
+typedef struct BatchRef
+{
+	int			slot;			/* 0: none */
+	char	   *token;
+} BatchRef;
 
 /*
- * The batch whose last attempt failed for a transient reason (in
- * TopMemoryContext): the next take does not count it as an attempt.
+ * The batch being ingested (its token in the loop context); the one that
+ * last failed for a reason that is not transient, whose replay goes element
+ * by element; the one whose last attempt failed for a transient reason,
+ * which the next take does not count as an attempt (both remembered in
+ * TopMemoryContext).
  */
-static int	transient_slot = 0;
-static char *transient_token = NULL;
+static BatchRef ingesting;
+static BatchRef failed_for_good;
+static BatchRef failed_transiently;
 
 /* the last refusal of the broker that was logged, so each is logged once */
 static char *logged_refusal = NULL;
@@ -175,6 +176,14 @@ ReloadIfPending(void)
 	}
 }
 
+/* What set the latch during the wait for an element: SIGTERM or SIGHUP. */
+static void
+HandleLatch(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	ReloadIfPending();
+}
+
 /*
  * A cancel (pg_cancel_backend) between batches has nothing to cancel; outside
  * the loop's error handler it would end the worker.
@@ -221,6 +230,7 @@ EnsureQueue(void)
 
 typedef struct Rejects
 {
+	MemoryContext context;		/* where they are kept */
 	int			n;
 	int			capacity;
 	Datum	   *raw;			/* bytea */
@@ -230,6 +240,7 @@ typedef struct Rejects
 static void
 AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 {
+	MemoryContext old = MemoryContextSwitchTo(rejects->context);
 	bytea	   *b = palloc(VARHDRSZ + len);
 
 	if (rejects->n == rejects->capacity)
@@ -243,6 +254,7 @@ AddReject(Rejects *rejects, const char *raw, int len, const char *reason)
 	rejects->raw[rejects->n] = PointerGetDatum(b);
 	rejects->reason[rejects->n] = PointerGetDatum(cstring_to_text(reason));
 	rejects->n++;
+	MemoryContextSwitchTo(old);
 }
 
 /* Dead-letters one event of an envelope, as its own JSON text. */
@@ -335,48 +347,12 @@ InitConverted(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects)
 {
 	int			capacity = taken->nelements + 1;
 
+	rejects->context = CurrentMemoryContext;
 	rejects->n = 0;
 	rejects->capacity = capacity;
 	rejects->raw = palloc(sizeof(Datum) * capacity);
 	rejects->reason = palloc(sizeof(Datum) * capacity);
 	AggrBatchInit(batch, capacity, true);
-}
-
-/*
- * Converts every element.  The fast path runs them all in one subtransaction;
- * if anything raises (invalid JSON, say), it starts over with one
- * subtransaction per element so only the poison is dead-lettered.  The batch
- * and the rejects grow with the events the envelopes turn out to hold.
- */
-static void
-ConvertElements(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects)
-{
-	ConvertCall call = {taken, batch, rejects, 0, taken->nelements, false};
-	ErrorData  *error;
-
-	InitConverted(taken, batch, rejects);
-	if ((error = AggrTrySubtransaction(ConvertRange, &call)) == NULL)
-		return;
-	FreeErrorData(error);
-
-	InitConverted(taken, batch, rejects);
-	for (int i = 0; i < taken->nelements; i++)
-	{
-		int			nevents = batch->nevents;
-		int			nrejects = rejects->n;
-
-		call.first = i;
-		call.last = i + 1;
-		if ((error = AggrTrySubtransaction(ConvertRange, &call)) != NULL)
-		{
-			/* nothing of the failed element stays */
-			batch->nevents = nevents;
-			rejects->n = nrejects;
-			AddReject(rejects, taken->elements[i].data, taken->elements[i].length,
-					  error->message);
-			FreeErrorData(error);
-		}
-	}
 }
 
 /*
@@ -406,66 +382,74 @@ IsTransient(int sqlerrcode)
 }
 
 /*
- * The replay of a batch that failed for good as a whole: each element is
- * converted and stored in a subtransaction of its own, in a memory context
- * reset after it; an element whose error is not transient is dead-lettered
- * with that error, a transient one aborts the batch for a later retry.
+ * Elements one at a time, each in a subtransaction of its own, so only what
+ * fails alone is dead-lettered, with its error.  Without ingest their events
+ * join the batch.  With ingest (the replay of a batch that failed as a
+ * whole, perhaps for want of memory) each element's events are stored at
+ * once and freed, batch only counts them, and a transient error is re-thrown
+ * so that the batch is retried later.
  */
 static void
-IngestElementByElement(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects,
-					   AggrIngestResult *total)
+ElementByElement(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects, bool ingest)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext element_context = AllocSetContextCreate(caller, "aggr consumer element",
 														  ALLOCSET_DEFAULT_SIZES);
-	ConvertCall call = {taken, NULL, NULL, 0, 0, true};
+	ConvertCall call = {taken, batch, rejects, 0, 0, ingest};
 
 	InitConverted(taken, batch, rejects);
 	for (int i = 0; i < taken->nelements; i++)
 	{
+		int			nevents = batch->nevents;
+		int			nrejects = rejects->n;
 		AggrBatch	one;
-		Rejects		one_rejects;
-		AggrTakenBatch single = {0};
 		ErrorData  *error;
 
-		MemoryContextSwitchTo(element_context);
-		single.nelements = 1;
-		single.elements = &taken->elements[i];
-		InitConverted(&single, &one, &one_rejects);
-		call.taken = &single;
-		call.batch = &one;
-		call.rejects = &one_rejects;
-		call.first = 0;
-		call.last = 1;
-		memset(&call.result, 0, sizeof(call.result));
+		if (ingest)
+		{
+			MemoryContextSwitchTo(element_context);
+			AggrBatchInit(&one, 2, true);
+			call.batch = &one;
+		}
+		call.first = i;
+		call.last = i + 1;
 		error = AggrTrySubtransaction(ConvertRange, &call);
 		MemoryContextSwitchTo(caller);
-		if (error != NULL && IsTransient(error->sqlerrcode))
-			ReThrowError(error);
 		if (error != NULL)
 		{
+			if (ingest && IsTransient(error->sqlerrcode))
+				ReThrowError(error);
+			/* nothing of the failed element stays */
+			batch->nevents = nevents;
+			rejects->n = nrejects;
 			AddReject(rejects, taken->elements[i].data, taken->elements[i].length,
 					  error->message);
 			FreeErrorData(error);
 		}
-		else
-		{
-			for (int r = 0; r < one_rejects.n; r++)
-			{
-				text	   *reason = DatumGetTextPP(one_rejects.reason[r]);
-				bytea	   *raw = DatumGetByteaPP(one_rejects.raw[r]);
-
-				AddReject(rejects, VARDATA_ANY(raw), VARSIZE_ANY_EXHDR(raw),
-						  text_to_cstring(reason));
-			}
+		else if (ingest)
 			batch->nevents += one.nevents;
-			total->received += call.result.received;
-			total->unique += call.result.unique;
-			total->duplicates += call.result.duplicates;
-		}
 		MemoryContextReset(element_context);
 	}
 	MemoryContextDelete(element_context);
+}
+
+/*
+ * Converts every element.  The fast path runs them all in one subtransaction;
+ * if anything raises (invalid JSON, say), it starts over element by element
+ * so only the poison is dead-lettered.  The batch and the rejects grow with
+ * the events the envelopes turn out to hold.
+ */
+static void
+ConvertElements(AggrTakenBatch *taken, AggrBatch *batch, Rejects *rejects)
+{
+	ConvertCall call = {taken, batch, rejects, 0, taken->nelements, false};
+	ErrorData  *error;
+
+	InitConverted(taken, batch, rejects);
+	if ((error = AggrTrySubtransaction(ConvertRange, &call)) == NULL)
+		return;
+	FreeErrorData(error);
+	ElementByElement(taken, batch, rejects, false);
 }
 
 static SPIPlanPtr token_plan = NULL;
@@ -535,6 +519,29 @@ MaybeCrash(int point)
 }
 
 
+static void
+Forget(BatchRef *ref)
+{
+	if (ref->token)
+		pfree(ref->token);
+	ref->slot = 0;
+	ref->token = NULL;
+}
+
+static void
+Remember(BatchRef *ref, const BatchRef *batch)
+{
+	Forget(ref);
+	ref->slot = batch->slot;
+	ref->token = MemoryContextStrdup(TopMemoryContext, batch->token);
+}
+
+static bool
+Refers(const BatchRef *ref, int slot, const char *token)
+{
+	return ref->slot == slot && strcmp(ref->token, token) == 0;
+}
+
 /*
  * Ingests a taken batch of slot k (normally my own) in one transaction,
  * unless its token shows it was committed already.  The caller acknowledges.
@@ -548,11 +555,10 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 	Rejects		rejects = {0};
 	bool		already;
 	bool		split = (taken->attempts >= AGGR_WHOLE_ATTEMPTS ||
-						 (failed_token != NULL && failed_slot == slot &&
-						  strcmp(failed_token, taken->token) == 0));
+						 Refers(&failed_for_good, slot, taken->token));
 
-	ingesting_slot = slot;
-	ingesting_token = taken->token;
+	ingesting.slot = slot;
+	ingesting.token = taken->token;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -576,7 +582,7 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 		ereport(LOG,
 				(errmsg("aggr consumer %d: ingesting batch %s of slot %d element by element after it failed as a whole",
 						my_slot, taken->token, slot)));
-		IngestElementByElement(taken, &batch, &rejects, &result);
+		ElementByElement(taken, &batch, &rejects, true);
 	}
 	else if (!already)
 	{
@@ -592,13 +598,10 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	ingesting_slot = 0;
-	ingesting_token = NULL;
-	if (failed_token != NULL && split)
-	{
-		pfree(failed_token);
-		failed_token = NULL;
-	}
+	ingesting.slot = 0;
+	ingesting.token = NULL;
+	if (split)
+		Forget(&failed_for_good);
 	MaybeCrash(2);
 
 	if (already)
@@ -609,15 +612,6 @@ ProcessBatch(int slot, AggrTakenBatch *taken)
 		AggrSlotCommitted(my_slot, batch.nevents + rejects.n, rejects.n);
 }
 
-static void
-ForgetTransientFailure(void)
-{
-	if (transient_token)
-		pfree(transient_token);
-	transient_token = NULL;
-	transient_slot = 0;
-}
-
 /*
  * After an error: if a batch was being ingested and the error would repeat,
  * its next replay goes element by element; if it was transient, the replay
@@ -626,23 +620,12 @@ ForgetTransientFailure(void)
 static void
 NoteFailure(ErrorData *error)
 {
-	if (ingesting_token == NULL)
+	if (ingesting.token == NULL)
 		return;
-	if (!IsTransient(error->sqlerrcode))
-	{
-		if (failed_token)
-			pfree(failed_token);
-		failed_token = MemoryContextStrdup(TopMemoryContext, ingesting_token);
-		failed_slot = ingesting_slot;
-	}
-	else
-	{
-		ForgetTransientFailure();
-		transient_token = MemoryContextStrdup(TopMemoryContext, ingesting_token);
-		transient_slot = ingesting_slot;
-	}
-	ingesting_slot = 0;
-	ingesting_token = NULL;
+	Remember(IsTransient(error->sqlerrcode) ? &failed_transiently : &failed_for_good,
+			 &ingesting);
+	ingesting.slot = 0;
+	ingesting.token = NULL;
 }
 
 /* Checks, in a transaction of its own, that CREATE EXTENSION aggr was run. */
@@ -676,10 +659,11 @@ ConsumeOnce(int slot, bool own)
 	bool		ready;
 
 	status = AggrQueueTake(queue, slot, own, own ? unacked_token : NULL,
-						   transient_slot == slot ? transient_token : NULL, &taken, &error);
+						   failed_transiently.slot == slot ? failed_transiently.token : NULL,
+						   &taken, &error);
 	if (!QueueCallOk(status, error))
 		return false;
-	ForgetTransientFailure();
+	Forget(&failed_transiently);
 	if (own && unacked_token != NULL)
 	{
 		/* acknowledged now, or the list is gone: nothing left to acknowledge */
@@ -692,7 +676,7 @@ ConsumeOnce(int slot, bool own)
 	{
 		if (!own)
 			return true;
-		status = AggrQueueWait(queue, aggr_poll_interval, &ready, &error);
+		status = AggrQueueWait(queue, aggr_poll_interval, HandleLatch, &ready, &error);
 		if (!QueueCallOk(status, error))
 			return false;
 		if (!ready)

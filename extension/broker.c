@@ -113,7 +113,7 @@ AggrEnqueueBatch(Jsonb *request, int nevents, const char *json, int len)
 	initStringInfo(&element);
 	enlargeStringInfo(&element, (verbatim ? len : size) + 64);
 	if (nevents > 1)
-		AggrQueueBeginEnvelope(&element, nevents, chunk->element.envelope_id);
+		AggrQueueBeginEnvelope(&element, chunk->element.envelope_id);
 	if (verbatim)
 		appendBinaryStringInfo(&element, json, len);
 	else

@@ -32,10 +32,8 @@
 #include <hiredis/hiredis.h>
 
 #include "miscadmin.h"
-#include "postmaster/interrupt.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
@@ -293,8 +291,9 @@ LoadScript(AggrQueue *queue, Script *script, char **error)
 
 /*
  * Runs a script by its SHA1 with keys and arguments argv[0..argc-1], then,
- * when list is not NULL, an LRANGE of that whole list in the same round trip.  Loads the
- * script and runs it again when Redis does not know it (nothing ran).
+ * when list is not NULL, an LRANGE of that whole list in the same round
+ * trip.  Loads the script and runs it again when Redis does not know it
+ * (nothing ran).
  * replies[0] is the script's, replies[1] the LRANGE's; the caller frees
  * them.  A script error is REFUSED with Redis's message.
  */
@@ -392,15 +391,22 @@ IntegerField(redisReply *reply, const char *name, bool *ok)
 	return 0;
 }
 
-void
-AggrQueueBeginEnvelope(StringInfo element, int nevents, char *id)
+/* 32 random hex digits and a NUL: a batch token or an envelope id */
+static void
+RandomId(char *id)
 {
 	uint8		random_bytes[16];
 
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
-		elog(ERROR, "could not generate an envelope id");
+		elog(ERROR, "could not generate a random id");
 	hex_encode((char *) random_bytes, sizeof(random_bytes), id);
 	id[32] = '\0';
+}
+
+void
+AggrQueueBeginEnvelope(StringInfo element, char *id)
+{
+	RandomId(id);
 	appendStringInfo(element, ENVELOPE_HEAD "%s\",\"events\":", id);
 }
 
@@ -453,7 +459,7 @@ RunPush(AggrQueue *queue, int nelements, const AggrQueueElement *elements,
 	for (int e = 0, pair = 6; e < nelements; e++)
 		if (elements[e].nevents > 1)
 		{
-			char	   *count = counts + 16 * ((pair - 6) / 2);
+			char	   *count = counts + 16 * (pair - 6) / 2;
 
 			snprintf(count, 16, "%d", elements[e].nevents);
 			argv[pair] = elements[e].envelope_id;
@@ -616,7 +622,6 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 			  const char *transient_token, AggrTakenBatch *batch, char **error)
 {
 	char		token[33];
-	uint8		random_bytes[16];
 	char		events[16];
 	char		bytes[24];
 	char		head[16];
@@ -626,10 +631,7 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	AggrQueueStatus status;
 	volatile bool ok = false;
 
-	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
-		elog(ERROR, "could not generate a batch token");
-	hex_encode((char *) random_bytes, sizeof(random_bytes), token);
-	token[32] = '\0';
+	RandomId(token);
 	snprintf(events, sizeof(events), "%d", aggr_batch_size);
 	snprintf(bytes, sizeof(bytes), INT64_FORMAT, (int64) aggr_batch_bytes * 1024);
 	snprintf(head, sizeof(head), "%d", AGGR_QUEUE_HEAD_BYTES);
@@ -671,11 +673,12 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
  * Waits until the queue has an element: BLMOVE from the queue's tail to its
  * own tail, which blocks like BLPOP but moves nothing (the take moves a whole
  * batch next), sent without blocking, then a wait on the latch and the
- * socket, so SIGTERM and SIGHUP are honoured at once.  A lost reply loses
- * nothing.
+ * socket; on_latch handles what set the latch (SIGTERM, SIGHUP), so they are
+ * honoured at once.  A lost reply loses nothing.
  */
 AggrQueueStatus
-AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready, char **error)
+AggrQueueWait(AggrQueue *queue, int timeout_ms, void (*on_latch) (void),
+			  bool *ready, char **error)
 {
 	int			done = 0;
 	char		timeout_buf[32];
@@ -709,12 +712,7 @@ AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready, char **error)
 		if (rc & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-			}
+			on_latch();
 		}
 		if (rc & WL_TIMEOUT)
 			return Lost(queue, error, "no answer to BLMOVE", false);

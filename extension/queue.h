@@ -66,7 +66,7 @@ extern bool AggrQueueClosedWhileIdle(AggrQueue *queue);
 extern char *AggrBrokerUrlForDisplay(void);
 
 /* Envelopes: BeginEnvelope writes the head and a fresh id, EndEnvelope the tail */
-extern void AggrQueueBeginEnvelope(StringInfo element, int nevents, char *id);
+extern void AggrQueueBeginEnvelope(StringInfo element, char *id);
 extern void AggrQueueEndEnvelope(StringInfo element);
 
 /*
@@ -86,14 +86,15 @@ extern AggrQueueStatus AggrQueueDepth(AggrQueue *queue, int64 *depth, char **err
  * holds, which is replayed as it is while it has a token; transient_token
  * names a batch whose last attempt failed for a transient reason, which
  * does not count as an attempt (AggrTakenBatch.attempts).  Wait blocks until
- * the queue has an element (*ready), timeout_ms passes, or the latch is set;
- * it handles SIGHUP and CHECK_FOR_INTERRUPTS.
+ * the queue has an element (*ready) or timeout_ms passes, calling on_latch
+ * whenever the latch is set (it may raise, e.g. CHECK_FOR_INTERRUPTS).
  */
 extern AggrQueueStatus AggrQueueTake(AggrQueue *queue, int slot, bool move,
 									 const char *ack_token,
 									 const char *transient_token,
 									 AggrTakenBatch *batch, char **error);
-extern AggrQueueStatus AggrQueueWait(AggrQueue *queue, int timeout_ms, bool *ready,
+extern AggrQueueStatus AggrQueueWait(AggrQueue *queue, int timeout_ms,
+									 void (*on_latch) (void), bool *ready,
 									 char **error);
 
 #endif							/* AGGR_QUEUE_H */
