@@ -281,8 +281,8 @@ ConvertElement(const AggrTakenElement *element, AggrBatch *batch, Rejects *rejec
 	JsonbValue *events;
 
 	if (element->oversize > 0)
-		return psprintf("element of " INT64_FORMAT " bytes is larger than any batch (aggr.batch_bytes is %d kB); only its first %d bytes are kept",
-						element->oversize, aggr_batch_bytes, element->length);
+		return psprintf("element of " INT64_FORMAT " bytes is larger than any batch (at most %d MB); only its first %d bytes are kept",
+						element->oversize, AGGR_QUEUE_MAX_ELEMENT_BYTES / (1024 * 1024), element->length);
 	if ((int) strlen(element->data) != element->length)
 		return "element contains a NUL byte";
 	if (!pg_verifymbstr(element->data, element->length, true))
@@ -644,6 +644,33 @@ ExtensionInstalled(void)
 }
 
 /*
+ * AggrQueueTake for a slot, telling it when the slot's last attempt failed
+ * transiently, or its last answer was lost (a hand-out this consumer never
+ * saw): neither counts as an attempt.  False after a failure.
+ */
+static bool
+Take(int slot, bool move, const char *ack_token, AggrTakenBatch *taken)
+{
+	char	   *error = NULL;
+	AggrQueueStatus status;
+
+	status = AggrQueueTake(queue, slot, move, ack_token,
+						   failed_transiently.slot == slot ? failed_transiently.token : NULL,
+						   taken, &error);
+	if (status == AGGR_QUEUE_UNKNOWN)
+	{
+		BatchRef	any = {slot, AGGR_QUEUE_ANY_TOKEN};
+
+		Remember(&failed_transiently, &any);
+	}
+	if (!QueueCallOk(status, error))
+		return false;
+	if (failed_transiently.slot == slot)
+		Forget(&failed_transiently);
+	return true;
+}
+
+/*
  * One step of the loop.  For my own slot: acknowledge my last batch and take
  * the next one in a single script (a list left with a token is replayed as it
  * is), or wait for an element when the queue is empty.  For an adopted slot:
@@ -658,12 +685,8 @@ ConsumeOnce(int slot, bool own)
 	char	   *error = NULL;
 	bool		ready;
 
-	status = AggrQueueTake(queue, slot, own, own ? unacked_token : NULL,
-						   failed_transiently.slot == slot ? failed_transiently.token : NULL,
-						   &taken, &error);
-	if (!QueueCallOk(status, error))
+	if (!Take(slot, own, own ? unacked_token : NULL, &taken))
 		return false;
-	Forget(&failed_transiently);
 	if (own && unacked_token != NULL)
 	{
 		/* acknowledged now, or the list is gone: nothing left to acknowledge */
@@ -681,8 +704,7 @@ ConsumeOnce(int slot, bool own)
 			return false;
 		if (!ready)
 			return true;
-		status = AggrQueueTake(queue, slot, true, NULL, NULL, &taken, &error);
-		if (!QueueCallOk(status, error))
+		if (!Take(slot, true, NULL, &taken))
 			return false;
 		if (taken.nelements == 0)
 			return true;
@@ -694,8 +716,7 @@ ConsumeOnce(int slot, bool own)
 	{
 		AggrTakenBatch rest;
 
-		status = AggrQueueTake(queue, slot, false, taken.token, NULL, &rest, &error);
-		if (!QueueCallOk(status, error))
+		if (!Take(slot, false, taken.token, &rest))
 			return false;
 	}
 	return true;

@@ -14,6 +14,7 @@
 
 #include "aggr.h"
 #include "broker.h"
+#include "queue.h"
 #include "../bgworker/consumer.h"
 #include "../bgworker/slots.h"
 
@@ -95,8 +96,8 @@ DefineSessionSettings(void)
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.batch_bytes",
 							"Most bytes of queue elements a consumer ingests in one transaction.",
-							"aggr_publish refuses a request whose element is longer; a longer element of another producer is dead-lettered with its size and first bytes.",
-							&aggr_batch_bytes, 32 * 1024, 64, 256 * 1024,
+							"aggr_publish refuses a request whose element is longer; a longer element is a batch of its own, and one above 256 MB is dead-lettered with its size and first bytes.",
+							&aggr_batch_bytes, 32 * 1024, 64, AGGR_QUEUE_MAX_ELEMENT_BYTES / 1024,
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.test_backoff",
 							"Test only: the longest wait of a consumer between retries (0 = 5 s).",

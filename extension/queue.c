@@ -86,7 +86,16 @@ AggrBrokerUrlForDisplay(void)
 		return pstrdup("(not a redis:// URL)");
 	rest = url + 8;
 	if ((at = strrchr(rest, '@')) == NULL)
+	{
+		/*
+		 * host[:port][/db] and nothing else: a misplaced password is not
+		 * shown
+		 */
+		if (strspn(rest, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_[]:/") !=
+			strlen(rest) || rest[0] == ':')
+			return pstrdup("redis://(not shown: not host[:port][/db])");
 		return pstrdup(url);
+	}
 	colon = memchr(rest, ':', at - rest);
 	if (colon == NULL)			/* redis://password@host */
 		return psprintf("redis://***@%s", at + 1);
@@ -145,8 +154,8 @@ AggrQueueConnect(bool check_eviction, char **error)
 	int			db = 0;
 	struct timeval connect_timeout = {1, 0};
 
-	/* a take may carry aggr.batch_bytes: at least 16 MB/s on top of 5 s */
-	struct timeval command_timeout = {5 + aggr_batch_bytes / (16 * 1024), 0};
+	/* a take may carry the largest element: at least 16 MB/s on top of 5 s */
+	struct timeval command_timeout = {5 + AGGR_QUEUE_MAX_ELEMENT_BYTES / (16 * 1024 * 1024), 0};
 	redisContext *c;
 	redisReply *reply;
 	AggrQueue  *queue;
@@ -625,8 +634,9 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	char		events[16];
 	char		bytes[24];
 	char		head[16];
+	char		largest[24];
 	char	   *processing = QueueKey("processing", slot);
-	const char *argv[13];
+	const char *argv[14];
 	redisReply *replies[2];
 	AggrQueueStatus status;
 	volatile bool ok = false;
@@ -635,6 +645,7 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	snprintf(events, sizeof(events), "%d", aggr_batch_size);
 	snprintf(bytes, sizeof(bytes), INT64_FORMAT, (int64) aggr_batch_bytes * 1024);
 	snprintf(head, sizeof(head), "%d", AGGR_QUEUE_HEAD_BYTES);
+	snprintf(largest, sizeof(largest), "%d", AGGR_QUEUE_MAX_ELEMENT_BYTES);
 
 	argv[0] = aggr_queue_key;
 	argv[1] = QueueKey("envelope-ids", 0);
@@ -649,7 +660,8 @@ AggrQueueTake(AggrQueue *queue, int slot, bool move, const char *ack_token,
 	argv[10] = ack_token ? ack_token : "";
 	argv[11] = head;
 	argv[12] = transient_token ? transient_token : "";
-	status = RunScript(queue, &take_script, 6, 13, argv, NULL,
+	argv[13] = largest;
+	status = RunScript(queue, &take_script, 6, 14, argv, NULL,
 					   processing, replies, error);
 	if (status != AGGR_QUEUE_OK)
 		return status;

@@ -59,6 +59,16 @@ typedef struct AggrTakenBatch
 /* How many bytes of an oversize element are kept for its dead letter. */
 #define AGGR_QUEUE_HEAD_BYTES 256
 
+/*
+ * The largest element a consumer takes (as a batch of its own), and the
+ * upper bound of aggr.batch_bytes, so nothing aggr_publish accepted is ever
+ * cut to its head, whatever aggr.batch_bytes is later lowered to.
+ */
+#define AGGR_QUEUE_MAX_ELEMENT_BYTES (256 * 1024 * 1024)
+
+/* transient_token of a take after a take whose answer was lost */
+#define AGGR_QUEUE_ANY_TOKEN "*"
+
 /* Connections (never raise; NULL and a message on failure). */
 extern AggrQueue *AggrQueueConnect(bool check_eviction, char **error);
 extern void AggrQueueClose(AggrQueue *queue);

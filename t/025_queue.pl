@@ -118,13 +118,15 @@ sub drained
     $release = hold_consumer('h0b');
     my $blob = ', "payload": {"blob": "' . ('e' x (1000 * 1000)) . '"}';
     publish($node, '[' . join(',', map { event('wide', $_, $blob) } 1 .. 3) . ']');
-    reload('aggr.batch_bytes', '1MB');
-    $total{received} += 3;
-    $total{unique}   += 3;
+    # and a single event, pushed as plain JSON like another producer's
+    publish($node, event('wide', 4, $blob));
+    reload('aggr.batch_bytes', '256kB');    # the single event measures about 1 MB
+    $total{received} += 4;
+    $total{unique}   += 4;
     $release->();
     drained('wide envelope');
-    is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'wide' AND length(payload ->> 'blob') = 1000000}), 3,
-        'wide envelope: an envelope of aggr larger than a lowered aggr.batch_bytes is stored whole');
+    is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'wide' AND length(payload ->> 'blob') = 1000000}), 4,
+        'wide envelope: an envelope and a single event of aggr larger than a lowered aggr.batch_bytes are stored whole');
     sql('ALTER SYSTEM RESET aggr.batch_bytes');
     sql('SELECT pg_reload_conf()');
 }

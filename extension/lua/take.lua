@@ -5,7 +5,9 @@
 --       the slot's token key of aggr 0.2 (read once, then deleted)
 -- ARGV: a fresh token, most events, most bytes, move ('1' = take from the
 --       queue), the token to acknowledge first ('' = none), head bytes, the
---       token whose last attempt failed for a transient reason ('' = none)
+--       token whose last attempt failed for a transient reason ('' = none,
+--       '*' = the slot's batch, whatever its token: the last answer was
+--       lost), the largest element a batch of one may be
 --
 -- The batch hash names what the processing list holds: token, attempts (how
 -- often it was handed out, not counting attempts the consumer saw fail for a
@@ -22,8 +24,9 @@
 -- registry is empty (no envelope of aggr waits), no element passes through
 -- Lua.  A batch holds at most 'most events' events and measures at most
 -- 'most bytes' (MEMORY USAGE, allocator rounding included), except that an
--- element alone is taken up to a quarter more (rounding) plus 4 kB, and an
--- envelope of aggr whole.  The batch grows from the head by doubling, so a
+-- element larger than that is a batch of its own, up to 'largest' (a quarter
+-- more for rounding, plus 4 kB): a lowered aggr.batch_bytes never cuts what
+-- aggr accepted under the old one.  The batch grows from the head by doubling, so a
 -- take copies what it keeps plus the doubling step that did not fit (Redis
 -- cannot measure an element without copying it).
 --
@@ -43,6 +46,7 @@ local move = ARGV[4] == '1'
 local ack_token = ARGV[5]
 local head_bytes = tonumber(ARGV[6])
 local transient_token = ARGV[7]
+local largest = tonumber(ARGV[8])
 
 -- reads
 local waiting = redis.call('LLEN', queue)
@@ -76,7 +80,7 @@ if old_token and not token then
   token = old_token
 end
 if token and (have > 0 or redis.call('HEXISTS', batch, 'oversize') == 1) then
-  if token ~= transient_token then
+  if token ~= transient_token and transient_token ~= '*' then
     redis.call('HSET', batch, 'attempts', attempts + 1)
   end
   return answer(0)
@@ -135,17 +139,15 @@ if have == 0 and move and waiting > 0 then
       end
       take, bytes = next_take, next_bytes
     end
-  elseif bytes > most_bytes + most_bytes / 4 + 4096 then
-    -- alone larger than any batch: an envelope of aggr is still taken
-    -- whole (its publisher checked its size); another element leaves the
-    -- queue as its size and first bytes
+  elseif bytes > largest + largest / 4 + 4096 then
+    -- larger than any batch may be (aggr never pushes one: its publishes
+    -- are bounded by the same limit): the element leaves the queue as its
+    -- size and first bytes; its copy in Lua is freed at once
     local element = redis.call('LINDEX', processing, 0)
-    local n, id = event_count(element)
-    if id == nil then
-      redis.call('DEL', processing)
-      redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes))
-    end
+    redis.call('DEL', processing)
+    redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes))
     element = nil
+    collectgarbage('collect')
   end
   if registered > 0 then
     -- envelopes of aggr may be among them: count events element by element
