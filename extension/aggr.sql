@@ -104,12 +104,28 @@ CREATE FUNCTION aggr.runtime_status() RETURNS jsonb
 COMMENT ON FUNCTION aggr.runtime_status() IS
     'aggr: consumers and broker as seen from shared memory and Redis';
 
+CREATE FUNCTION aggr_events_watermark(OUT upto bigint, OUT pending boolean)
+    AS 'MODULE_PATHNAME', 'aggr_events_watermark'
+    LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION aggr_events_watermark() IS
+    'aggr: every event with seq <= upto that will ever commit has committed; pending: events above it wait for earlier transactions';
+
+/*
+ * Pages end at the watermark (watermark.h), so paging by after never skips
+ * an event that commits late: the page is read by the index, then cut at
+ * the watermark (a short page; the next starts after its last seq).
+ * VOLATILE: the page's query takes its snapshot after the watermark is
+ * read, which a STABLE function's would not.
+ */
 CREATE FUNCTION aggr_events(topic text DEFAULT NULL, "limit" integer DEFAULT 1000,
                             after bigint DEFAULT NULL)
     RETURNS SETOF aggr.events
-    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    upto bigint;
 BEGIN
     IF aggr_events."limit" IS NULL OR aggr_events."limit" NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 10000'
@@ -117,22 +133,31 @@ BEGIN
                   DETAIL = pg_catalog.format('The limit given was %s.',
                                              coalesce(aggr_events."limit"::text, 'null'));
     END IF;
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'aggr_events pages only in READ COMMITTED transactions'
+            USING ERRCODE = '0A000',
+                  DETAIL = 'A snapshot that outlives a statement cannot tell which events are still being committed, so a page could skip one.',
+                  HINT = 'Run it in a READ COMMITTED transaction (the default).';
+    END IF;
+    SELECT w.upto INTO upto FROM @extschema@.aggr_events_watermark() w;
     IF aggr_events.topic IS NULL THEN
         RETURN QUERY
-            SELECT e.* FROM aggr.events e
-            WHERE e.seq > coalesce(aggr_events.after, 0)
-            ORDER BY e.seq LIMIT aggr_events."limit";
+            SELECT p.* FROM (SELECT e.* FROM aggr.events e
+                             WHERE e.seq > coalesce(aggr_events.after, 0)
+                             ORDER BY e.seq LIMIT aggr_events."limit") p
+            WHERE p.seq <= upto ORDER BY p.seq;
     ELSE
         RETURN QUERY
-            SELECT e.* FROM aggr.events e
-            WHERE e.topic = aggr_events.topic
-              AND e.seq > coalesce(aggr_events.after, 0)
-            ORDER BY e.seq LIMIT aggr_events."limit";
+            SELECT p.* FROM (SELECT e.* FROM aggr.events e
+                             WHERE e.topic = aggr_events.topic
+                               AND e.seq > coalesce(aggr_events.after, 0)
+                             ORDER BY e.seq LIMIT aggr_events."limit") p
+            WHERE p.seq <= upto ORDER BY p.seq;
     END IF;
 END
 $$;
 COMMENT ON FUNCTION aggr_events(text, integer, bigint) IS
-    'aggr: stored events oldest first, optionally of one topic, after the seq of the previous page';
+    'aggr: stored events oldest first, optionally of one topic, after the seq of the previous page, never past a later commit';
 
 CREATE FUNCTION aggr_stats() RETURNS jsonb
     LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
@@ -225,5 +250,5 @@ SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
  */
 REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_publish(jsonb), aggr_publish_text(text),
     aggr_publish_ndjson(text),
-    aggr_events(text, integer, bigint),
+    aggr_events(text, integer, bigint), aggr_events_watermark(),
     aggr_stats(), aggr_health(), aggr.runtime_status() FROM PUBLIC;

@@ -17,6 +17,7 @@
 #include "aggr.h"
 #include "broker.h"
 #include "ingest.h"
+#include "watermark.h"
 #include "../bgworker/slots.h"
 
 #include "access/xact.h"
@@ -182,6 +183,7 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 {
 	IngestCall	call = {batch, 0};
 
+	AggrHoldWatermark();
 	for (int attempt = 1;; attempt++)
 	{
 		ErrorData  *error = AggrTrySubtransaction(RunIngestCall, &call);
@@ -207,6 +209,8 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 		ReThrowError(error);
 	}
 
+	if (call.stored > 0)
+		AggrNotifyEventsStored();
 	result->received = batch->nevents;
 	result->unique = call.stored;
 	result->duplicates = batch->nevents - call.stored;

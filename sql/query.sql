@@ -19,6 +19,20 @@ SELECT array_agg(event_id ORDER BY seq) AS page2 FROM aggr_events(NULL, 4, :last
 SELECT array_agg(event_id ORDER BY seq) AS page3 FROM aggr_events("limit" => 4, after => :last + 4);
 SELECT count(*) FROM aggr_events(after => 1000000);
 
+-- the watermark: with no transaction open, every stored event is below it;
+-- a transaction that ingested holds it below its own events for others
+-- (specs/gapless_paging.spec), not for itself
+SELECT upto = (SELECT max(seq) FROM aggr.events) AS upto_is_last, pending FROM aggr_events_watermark();
+BEGIN;
+SELECT aggr_ingest('{"topic": "own", "event_id": "o", "timestamp": 0, "source": "s"}') ->> 'unique' AS stored;
+SELECT event_id FROM aggr_events('own');
+SELECT locktype, objsubid, mode FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+ROLLBACK;
+-- a snapshot that outlives the statement cannot page without gaps
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT count(*) FROM aggr_events();
+ROLLBACK;
+
 -- bounds on limit
 SELECT aggr_events(NULL, 0);
 SELECT aggr_events(NULL, 10001);
@@ -41,9 +55,10 @@ BEGIN
         query := replace(replace(replace(query,
                      'aggr_events.topic', '$1'), 'aggr_events.after', '$2'),
                      'aggr_events."limit"', '$3');
-        EXECUTE 'PREPARE page(text, bigint, integer) AS ' || query;
+        query := replace(query, '<= upto', '<= $4');
+        EXECUTE 'PREPARE page(text, bigint, integer, bigint) AS ' || query;
         RETURN NEXT regexp_replace(query, '\s+', ' ', 'g');
-        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10)' LOOP
+        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10, 100)' LOOP
             RETURN NEXT line;
         END LOOP;
         DEALLOCATE page;

@@ -16,7 +16,7 @@ use JSON::PP;
 my $node = new_node('stock', shared_preload_libraries => '');
 is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'), '', 'a stock server');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'aggr'}),
-    '0.2', 'CREATE EXTENSION aggr on a stock server');
+    '0.3', 'CREATE EXTENSION aggr on a stock server');
 
 # direct mode, exact
 my @events = demo_events(2000, 0.35, 'stock');
