@@ -416,3 +416,18 @@ AggrJsonFieldIs(const char *json, size_t len, const char *key, const char *liter
 		(size_t) (lookup.found_end - lookup.found) == strlen(literal) &&
 		memcmp(lookup.found, literal, strlen(literal)) == 0;
 }
+
+AggrJsonResult
+AggrJsonGetRaw(const char *json, size_t len, const char *key,
+			   const char **value, size_t *value_len)
+{
+	Lookup		lookup = {key, strlen(key), NULL, NULL};
+	AggrJsonResult result = FindTopLevel(json, len, &lookup);
+
+	if (result == AGGR_JSON_OK)
+	{
+		*value = lookup.found;
+		*value_len = (size_t) (lookup.found_end - lookup.found);
+	}
+	return result;
+}

@@ -39,4 +39,11 @@ extern AggrJsonResult AggrJsonGetInt(const char *json, size_t len,
 extern bool AggrJsonFieldIs(const char *json, size_t len, const char *key,
 							const char *literal);
 
+/*
+ * The JSON text of a top-level key's value in json[0..len), as it stands
+ * (a string keeps its quotes and escapes); *value points into json.
+ */
+extern AggrJsonResult AggrJsonGetRaw(const char *json, size_t len, const char *key,
+									 const char **value, size_t *value_len);
+
 #endif							/* AGGR_JSON_H */

@@ -71,10 +71,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 	 */
 	[AGGR_STMT_EVENTS] = {
 		"aggr_events",
-		"WITH page AS (SELECT e.seq, json_build_object("
-		"'topic', e.topic, 'event_id', e.event_id, "
-		"'timestamp', e.\"timestamp\", 'source', e.source, "
-		"'payload', e.payload, 'ingested_at', e.ingested_at)::text AS j "
+		"WITH page AS (SELECT e.seq, " AGGR_EVENT_JSON_SQL " AS j "
 		"FROM aggr_events($1, $2, $3) AS e), "
 		"sized AS (SELECT seq, j, sum(octet_length(j) + 1) OVER (ORDER BY seq) "
 		"- octet_length(j) - 1 AS before FROM page) "

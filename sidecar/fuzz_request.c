@@ -27,7 +27,8 @@
  *		database's text byte for byte, /metrics is well-formed exposition;
  *	  - the recorder is called once exactly when the request needs SQL, it
  *		never sees a body over --max-body, and the POST body reaches it
- *		byte for byte; /events parameters reach it as parsed;
+ *		byte for byte; /events parameters reach it as parsed, and
+ *		/events/stream is handed to stream.c with its parameters parsed;
  *	  - every byte counted in the --max-buffered budget is given back.
  *
  *	  `make fuzz` builds and runs it (clang); seeds are in fuzz-corpus/.
@@ -865,6 +866,7 @@ typedef struct Expect
 	long long	after;			/* -1: none */
 	const char *topic;
 	bool		link;
+	bool		stream;			/* GET /events/stream opens (stream.c's part) */
 	bool		ndjson;			/* POST /publish runs aggr_publish_ndjson */
 	const char *body;			/* what reaches the database, inflated */
 	size_t		body_len;
@@ -921,6 +923,7 @@ ModelRoute(const char *path)
 		[AGGR_ROUTE_HEALTHZ] = "/healthz",
 		[AGGR_ROUTE_METRICS] = "/metrics",
 		[AGGR_ROUTE_OPENAPI] = "/openapi.json",
+		[AGGR_ROUTE_STREAM] = "/events/stream",
 	};
 
 	for (int r = 0; r < AGGR_ROUTE_OTHER; r++)
@@ -1029,7 +1032,8 @@ Model(const Input *in)
 				return e.status = 413, e;
 		}
 	}
-	else if ((route == AGGR_ROUTE_EVENTS || route == AGGR_ROUTE_STATS) && aggr_config.read_token &&
+	else if ((route == AGGR_ROUTE_EVENTS || route == AGGR_ROUTE_STATS ||
+			  route == AGGR_ROUTE_STREAM) && aggr_config.read_token &&
 			 !ModelTokenOk(InputHeader((void *) in, "Authorization"), read_token))
 	{
 		e.www_authenticate = true;
@@ -1037,6 +1041,20 @@ Model(const Input *in)
 	}
 	else if (in->stalls)
 		return e;
+	if (route == AGGR_ROUTE_STREAM)
+	{
+		const char *last_id = InputHeader((void *) in, "Last-Event-ID");
+		const char *after = InputQuery((void *) in, "after");
+		const char *topic = InputQuery((void *) in, "topic");
+
+		e.after = -1;
+		if (last_id ? !ModelInt(last_id, 0, INT64_MAX, &e.after) :
+			after && !ModelInt(after, 0, INT64_MAX, &e.after))
+			return e.status = 400, e;
+		e.topic = topic && *topic ? topic : NULL;
+		e.stream = true;
+		return e.status = 200, e;
+	}
 	if (route == AGGR_ROUTE_EVENTS)
 	{
 		const char *limit = InputQuery((void *) in, "limit");
@@ -1185,6 +1203,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	AggrRequest req;
 	AggrRequestIn rin;
 	Expect		e;
+	bool		opened_stream = false;
 
 	aggr_log_muted = true;
 	memset(&in, 0, sizeof(in));
@@ -1214,10 +1233,27 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			AggrRequestAppend(&req, in.body + off,
 							  in.body_len - off < in.chunk ? in.body_len - off : in.chunk);
 		if (!in.stalls && AggrRequestFinish(&req, &rin))
-			AggrRequestRun(&req, Recorder);
+		{
+			if (req.route == AGGR_ROUTE_STREAM)
+				opened_stream = true;
+			else
+				AggrRequestRun(&req, Recorder);
+		}
 	}
 
-	if (e.status == 0 && !(req.answered && req.answer.status == 503 && e.may_exhaust))
+	if (e.stream || opened_stream)
+	{
+		/* http.c hands the stream to stream.c with the parsed parameters */
+		if (!e.stream || !opened_stream || req.answered || rec.calls)
+			Fail("stream opened %d answered %d calls %d, want a stream %d",
+				 opened_stream, req.answered, rec.calls, e.stream);
+		if ((e.topic == NULL) != (req.topic == NULL) ||
+			(e.topic && strcmp(e.topic, req.topic) != 0) || e.after != req.after)
+			Fail("stream topic %s after %lld, want %s after %lld",
+				 req.topic ? req.topic : "(null)", (long long) req.after,
+				 e.topic ? e.topic : "(null)", e.after);
+	}
+	else if (e.status == 0 && !(req.answered && req.answer.status == 503 && e.may_exhaust))
 	{
 		/* the client never finishes its body: nothing answered, nothing run */
 		if (req.answered || rec.calls)

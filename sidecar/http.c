@@ -191,6 +191,29 @@ NewRequest(const char *url, const char *method)
 	return req;
 }
 
+/* GET /events/stream: stream.c feeds the answer from here on */
+static enum MHD_Result
+OpenStream(struct MHD_Connection *conn, Request *req)
+{
+	const char *refusal = NULL;
+	struct MHD_Response *resp = AggrStreamOpen(conn, req->r.topic, req->r.after, &refusal);
+	enum MHD_Result ret;
+
+	if (resp == NULL)
+	{
+		AggrRequestRefuse(&req->r, 503, refusal, true);
+		return Reply(conn, req);
+	}
+	ret = MHD_queue_response(conn, 200, resp);
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES)
+	{
+		req->responded = true;
+		req->r.answer.status = 200;
+	}
+	return ret;
+}
+
 static enum MHD_Result
 Handler(void *cls, struct MHD_Connection *conn, const char *url,
 		const char *method, const char *version, const char *upload_data,
@@ -224,6 +247,8 @@ Handler(void *cls, struct MHD_Connection *conn, const char *url,
 		return MHD_YES;
 	if (!AggrRequestFinish(&req->r, &in))
 		return Reply(conn, req);
+	if (req->r.route == AGGR_ROUTE_STREAM)
+		return OpenStream(conn, req);
 
 	/* the body is in: hand the request to a database worker */
 	req->conn = conn;

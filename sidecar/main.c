@@ -45,6 +45,8 @@ AggrConfig	aggr_config = {
 	.health_cache_ms = 1000,
 	.max_page_bytes = 4 * 1024 * 1024,
 	.min_body_rate = 16 * 1024,
+	.max_streams = 256,
+	.stream_buffer = 16 * 1024 * 1024,
 };
 
 static int	drain_seconds = 30;
@@ -76,6 +78,10 @@ Usage(FILE *out)
 			"                         many bytes a second is dropped (default 16K; 0: off)\n"
 			"  --max-page=BYTES       a GET /events page ends after the event that\n"
 			"                         passes this many bytes (default 4M; Link goes on)\n"
+			"  --max-streams=N        GET /events/stream subscribers at once; past it\n"
+			"                         503 (default 256; each is a connection too)\n"
+			"  --stream-buffer=BYTES  recent events kept for the subscribers; one that\n"
+			"                         falls further behind is disconnected (default 16M)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
 			"  --max-conns-per-ip=N   open connections per client address (default 128)\n"
 			"  --timeout=SECONDS      close a client idle this long (default 15)\n"
@@ -83,7 +89,8 @@ Usage(FILE *out)
 			"  --drain=SECONDS        on SIGTERM, wait this long for requests (default 30)\n"
 			"  --help                 show this help and exit\n"
 			"\n"
-			"Routes: POST /publish, GET /events?topic=&limit=&after=, GET /stats,\n"
+			"Routes: POST /publish, GET /events?topic=&limit=&after=,\n"
+			"GET /events/stream?topic=&after= (Server-Sent Events), GET /stats,\n"
 			"GET /healthz, GET /metrics.  One JSON access-log line per request on stderr.\n");
 }
 
@@ -231,6 +238,8 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"max-page", required_argument, NULL, 'P'},
 		{"min-body-rate", required_argument, NULL, 'M'},
 		{"max-conns", required_argument, NULL, 'c'},
+		{"max-streams", required_argument, NULL, 'S'},
+		{"stream-buffer", required_argument, NULL, 'Z'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 'o'},
 		{"db-timeout", required_argument, NULL, 'D'},
@@ -295,6 +304,14 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 					aggr_config.min_body_rate = 0;
 				else
 					ok = ParseSize(optarg, &aggr_config.min_body_rate);
+				break;
+			case 'S':
+				ok = ParseCount(optarg, 0, 100000, &n);
+				aggr_config.max_streams = (unsigned) n;
+				break;
+			case 'Z':
+				ok = ParseSize(optarg, &aggr_config.stream_buffer) &&
+					aggr_config.stream_buffer >= 64 * 1024;
 				break;
 			case 'c':
 				ok = ParseCount(optarg, 1, 100000, &n);
@@ -381,6 +398,7 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	AggrDbStart(aggr_config.threads);
+	AggrStreamStart();
 	daemon = AggrHttpStart(&addr);
 	if (daemon == NULL)
 	{
@@ -402,6 +420,8 @@ main(int argc, char **argv)
 	listen_fd = MHD_quiesce_daemon(daemon);
 	if (listen_fd != MHD_INVALID_SOCKET)
 		close(listen_fd);
+	/* streams end with a final event; their clients resume elsewhere */
+	AggrStreamStop();
 	deadline = AggrNowUs() + (int64_t) drain_seconds * 1000000;
 	while (AggrHttpInflight() > 0 && AggrNowUs() < deadline)
 		SleepMs(20);

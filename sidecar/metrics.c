@@ -31,6 +31,7 @@ static const char *const route_names[AGGR_NUM_ROUTES] = {
 	[AGGR_ROUTE_HEALTHZ] = "/healthz",
 	[AGGR_ROUTE_METRICS] = "/metrics",
 	[AGGR_ROUTE_OPENAPI] = "/openapi.json",
+	[AGGR_ROUTE_STREAM] = "/events/stream",
 	[AGGR_ROUTE_OTHER] = "other",
 };
 
@@ -39,6 +40,8 @@ static atomic_uint_fast64_t latency[AGGR_NUM_ROUTES][NBUCKETS];
 static atomic_uint_fast64_t latency_count[AGGR_NUM_ROUTES];
 static atomic_uint_fast64_t latency_sum_us[AGGR_NUM_ROUTES];
 static atomic_uint_fast64_t events_accepted;
+static atomic_int_fast64_t streams_open;
+static atomic_uint_fast64_t streams_dropped;
 
 const char *
 AggrRouteName(AggrRoute route)
@@ -69,6 +72,14 @@ AggrMetricsRecord(AggrRoute route, int status, int64_t duration_us,
 	if (accepted > 0)
 		atomic_fetch_add_explicit(&events_accepted, accepted,
 								  memory_order_relaxed);
+}
+
+/* stream.c: a subscriber came (1) or went (-1); one was dropped as too slow */
+void
+AggrMetricsStreams(int opened, int dropped_slow)
+{
+	atomic_fetch_add_explicit(&streams_open, opened, memory_order_relaxed);
+	atomic_fetch_add_explicit(&streams_dropped, dropped_slow, memory_order_relaxed);
 }
 
 void
@@ -123,6 +134,14 @@ AggrMetricsRender(AggrBuf *buf)
 	AggrBufPrintf(buf,
 				  "# HELP aggr_http_events_accepted_total Events accepted by POST /publish.\n"
 				  "# TYPE aggr_http_events_accepted_total counter\n"
-				  "aggr_http_events_accepted_total %llu\n",
-				  (unsigned long long) atomic_load(&events_accepted));
+				  "aggr_http_events_accepted_total %llu\n"
+				  "# HELP aggr_http_streams Open GET /events/stream subscribers.\n"
+				  "# TYPE aggr_http_streams gauge\n"
+				  "aggr_http_streams %lld\n"
+				  "# HELP aggr_http_streams_dropped_total Subscribers disconnected for reading too slowly.\n"
+				  "# TYPE aggr_http_streams_dropped_total counter\n"
+				  "aggr_http_streams_dropped_total %llu\n",
+				  (unsigned long long) atomic_load(&events_accepted),
+				  (long long) atomic_load(&streams_open),
+				  (unsigned long long) atomic_load(&streams_dropped));
 }

@@ -52,6 +52,7 @@ typedef struct RouteDef
 static const RouteDef routes[] = {
 	{"/publish", AGGR_ROUTE_PUBLISH, true, false},
 	{"/events", AGGR_ROUTE_EVENTS, false, true},
+	{"/events/stream", AGGR_ROUTE_STREAM, false, true},
 	{"/stats", AGGR_ROUTE_STATS, false, true},
 	{"/healthz", AGGR_ROUTE_HEALTHZ, false, false},
 	{"/metrics", AGGR_ROUTE_METRICS, false, false},
@@ -484,6 +485,43 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 	PQclear(res);
 }
 
+/* ---- GET /events/stream ---- */
+
+/*
+ * topic, and where to start: Last-Event-ID (what a reconnecting EventSource
+ * sends) over after; neither: from now.  false when answered 400.
+ */
+static bool
+StreamParams(AggrRequest *req, const AggrRequestIn *in)
+{
+	const char *topic = in->query(in->arg, "topic");
+	const char *after = in->query(in->arg, "after");
+	const char *last_id = in->header(in->arg, "Last-Event-ID");
+
+	req->after = -1;
+	if (last_id && (!AggrParseInt64(last_id, &req->after) || req->after < 0))
+	{
+		AnswerError(req, 400, "Last-Event-ID must be a non-negative integer (an event's id)");
+		return false;
+	}
+	if (!last_id && after && (!AggrParseInt64(after, &req->after) || req->after < 0))
+	{
+		AnswerError(req, 400, "after must be a non-negative integer");
+		return false;
+	}
+	if (topic && topic[0] != '\0')
+		req->topic = AggrStrdup(topic);
+	return true;
+}
+
+/* a stream that cannot be opened (http.c asks stream.c) */
+void
+AggrRequestRefuse(AggrRequest *req, int status, const char *message, bool retry_after)
+{
+	req->answer.retry_after = retry_after;
+	AnswerError(req, status, message);
+}
+
 /* ---- GET /stats, GET /healthz ---- */
 
 /*
@@ -779,6 +817,8 @@ AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in)
 		AnswerError(req, 400, "body is not valid gzip or deflate data");
 	else if (req->route == AGGR_ROUTE_EVENTS)
 		EventsParams(req, in);
+	else if (req->route == AGGR_ROUTE_STREAM)
+		StreamParams(req, in);
 	else if (req->route == AGGR_ROUTE_HEALTHZ)
 		(void) HealthFromCache(req);
 	return !req->answered;

@@ -45,6 +45,8 @@ typedef struct AggrConfig
 	int			health_cache_ms;	/* /healthz answers this old are reused */
 	size_t		max_page_bytes; /* a GET /events page stops about here */
 	size_t		min_body_rate;	/* bytes/s a body averages after --timeout s */
+	unsigned	max_streams;	/* GET /events/stream subscribers at once */
+	size_t		stream_buffer;	/* bytes of recent events kept for them */
 } AggrConfig;
 
 extern AggrConfig aggr_config;
@@ -59,6 +61,12 @@ extern void AggrLog(const char *level, const char *fmt,...)
 			__attribute__((format(printf, 2, 3)));
 extern void AggrLogV(const char *level, const char *fmt, va_list ap);
 extern bool aggr_log_muted;
+
+/* an event as GET /events and the event stream answer it, from aggr_events() AS e */
+#define AGGR_EVENT_JSON_SQL \
+	"json_build_object('topic', e.topic, 'event_id', e.event_id, " \
+	"'timestamp', e.\"timestamp\", 'source', e.source, " \
+	"'payload', e.payload, 'ingested_at', e.ingested_at)::text"
 
 /* db.c: the statements the sidecar runs, one prepared set per thread */
 typedef enum AggrStmt
@@ -122,6 +130,7 @@ typedef enum AggrRoute
 	AGGR_ROUTE_HEALTHZ,
 	AGGR_ROUTE_METRICS,
 	AGGR_ROUTE_OPENAPI,
+	AGGR_ROUTE_STREAM,
 	AGGR_ROUTE_OTHER,
 	AGGR_NUM_ROUTES
 } AggrRoute;
@@ -130,6 +139,7 @@ extern const char *AggrRouteName(AggrRoute route);
 extern void AggrMetricsRecord(AggrRoute route, int status, int64_t duration_us,
 							  long accepted);
 extern void AggrMetricsRender(AggrBuf *buf);
+extern void AggrMetricsStreams(int opened, int dropped_slow);
 
 /*
  * request.c: one request from parsed HTTP to its answer, with neither a
@@ -201,6 +211,8 @@ extern void AggrRequestAppend(AggrRequest *req, const char *data, size_t size);
 extern bool AggrRequestFinish(AggrRequest *req, const AggrRequestIn *in);
 extern void AggrRequestRun(AggrRequest *req, AggrDbExecFunc exec);
 extern void AggrRequestFree(AggrRequest *req);
+extern void AggrRequestRefuse(AggrRequest *req, int status, const char *message,
+							  bool retry_after);
 extern size_t AggrRequestBuffered(void);
 
 /* http.c */
@@ -208,5 +220,13 @@ struct MHD_Daemon;
 extern struct MHD_Daemon *AggrHttpStart(const void *sockaddr);
 extern long AggrHttpInflight(void);
 extern void AggrHttpBeginShutdown(void);
+
+/* stream.c: GET /events/stream, one hub thread and connection for all */
+struct MHD_Connection;
+struct MHD_Response;
+extern void AggrStreamStart(void);
+extern void AggrStreamStop(void);
+extern struct MHD_Response *AggrStreamOpen(struct MHD_Connection *conn, const char *topic,
+										   int64_t after, const char **refusal);
 
 #endif							/* AGGR_SIDECAR_H */

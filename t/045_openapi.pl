@@ -11,6 +11,7 @@ use JSON::PP;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use lib 't';
+use AggrTest qw(wait_for);
 use SidecarTest qw(new_node start_redis stop_redis start_sidecar stop_sidecar http json wait_healthz);
 
 my $repo = abs_path(dirname(__FILE__) . '/..');
@@ -54,6 +55,10 @@ ask($port, 'GET', '/events?limit=2', %r);                                       
 ask($port, 'GET', '/events?limit=0', %r);                                                  # 400
 ask($port, 'GET', '/events');                                                              # 401
 ask($port, 'POST', '/events', body => '', %r);                                             # 405
+ask($port, 'GET', '/events/stream?after=0', %r, timeout => 1);                           # 200, open
+ask($port, 'GET', '/events/stream?after=x', %r);                                           # 400
+ask($port, 'GET', '/events/stream');                                                       # 401
+ask($port, 'POST', '/events/stream', body => '', %r);                                      # 405
 ask($port, 'GET', '/stats', %r);
 ask($port, 'GET', '/stats');                                                               # 401
 ask($port, 'POST', '/stats', body => '');                                                  # 405
@@ -72,6 +77,9 @@ ask($port, 'POST', '/publish', body => sprintf($event, 'down'), %w);
 ask($port, 'GET', '/events', %r);
 ask($port, 'GET', '/stats', %r);
 wait_healthz($port, 503, 10);
+ok(wait_for(sub { http($port, 'GET', '/events/stream', %r, timeout => 1)->{status} == 503 }, 10),
+    'the event stream answers 503 while the database is down');
+ask($port, 'GET', '/events/stream', %r, timeout => 1);                                     # 503
 ask($port, 'GET', '/healthz');
 stop_sidecar($sc);
 

@@ -22,7 +22,8 @@ bin=${AGGR_SIDECAR:-${AGGR_PUBLISHER:-}}
 
 reports=$(mktemp -d /tmp/aggr-asan.XXXXXX) || exit 1
 trap 'rm -rf "$reports"' EXIT
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$reports/report"
+# a small quarantine, so that memory bounds asserted by the tests hold here too
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:quarantine_size_mb=8:log_path=$reports/report"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/report"
 # keep the test's folders (the sidecar logs) to scan them
 export PG_TEST_NOCLEAN=1

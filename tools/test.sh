@@ -130,8 +130,8 @@ else
         preload_cluster "$major" || exit 1
         installcheck "$major" "aggr preloaded" "$pg_config"
     done
-    suite 18 "TAP: stock server, direct, broker, queue, sidecar, compose settings" make -s installcheck-tap \
-        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/060_compose.pl"
+    suite 18 "TAP: stock server, direct, broker, queue, sidecar, event stream, compose settings" make -s installcheck-tap \
+        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/046_stream.pl t/060_compose.pl"
     suite 15 "TAP end-to-end" make -s installcheck-tap
     suite 15 "sidecar unit tests" make -s -C sidecar check
     suite 15 "publisher unit tests" make -s -C publisher check
@@ -152,6 +152,7 @@ else
         exit $rc'
     suite 15 "fuzz smoke (30 s per harness)" bash tools/fuzz.sh 30
     suite 15 "sidecar under ASan/UBSan (t/040)" bash tools/asan-tap.sh sidecar t/040_sidecar.pl
+    suite 15 "sidecar's event stream under ASan/UBSan (t/046)" bash tools/asan-tap.sh sidecar t/046_stream.pl
     suite 15 "publisher under ASan/UBSan (t/050)" bash tools/asan-tap.sh publisher t/050_publisher_redis.pl
     suite 18 "C code is pgindent-clean (make indent fixes it)" bash tools/indent.sh --check
 fi

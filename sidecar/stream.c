@@ -1,0 +1,737 @@
+/*-------------------------------------------------------------------------
+ *
+ * stream.c
+ *	  GET /events/stream: the events committed from now on (or after a
+ *	  given seq) as Server-Sent Events, one "id: <seq>" and "data: <the
+ *	  JSON of GET /events>" per event.
+ *
+ *	  One hub thread owns one libpq connection.  It LISTENs on aggr_events
+ *	  (the ingest notifies it at every commit that stored events) and then
+ *	  reads, through aggr_events(), which never pages past a later commit,
+ *	  every event after its cursor into one ring that all subscribers share:
+ *	  one query per wake-up, whatever the number of subscribers.  While
+ *	  aggr_events_watermark() says events wait above the watermark for an
+ *	  earlier transaction, which may end without a notification (a
+ *	  rollback), it reads again every 100 ms.  The ring holds every event
+ *	  with floor < seq <= cursor, oldest first, up to --stream-buffer bytes.
+ *
+ *	  A subscriber is a topic (or all) and a position: every event of its
+ *	  topic up to the position was sent to it.  When its socket can take
+ *	  bytes, MHD calls StreamRead:
+ *	  - position >= floor: the ring's next events of its topic; when there
+ *		are none, the connection is suspended until the hub has more;
+ *	  - position < floor, resuming from an older id: the hub reads pages
+ *		from aggr_events(topic, after = position) for it until it reaches
+ *		the ring (catching up);
+ *	  - position < floor after it had reached the ring: it read too slowly
+ *		and the ring turned over: a final "event: error" says so and where
+ *		to resume, and the stream ends.  A slow reader costs at most its
+ *		share of the ring, never the hub's or another subscriber's time.
+ *	  A comment line every 15 s keeps idle streams alive.  When the hub's
+ *	  connection is lost, or on shutdown, every stream ends with a final
+ *	  event; clients resume by Last-Event-ID, and nothing is skipped.
+ *
+ *	  Locking: hub.lock guards the ring and every Stream.  A suspended
+ *	  connection is resumed outside the lock, after it was marked resumed
+ *	  under it: a suspended connection cannot close, so MHD cannot free
+ *	  its Stream in between.  A Stream the hub is reading a page for is
+ *	  freed by the hub when MHD has let go of it meanwhile.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "sidecar.h"
+
+#define RING_PAGE_EVENTS 1000	/* events per hub read */
+#define CATCH_UP_PAGE_EVENTS 200	/* events per catch-up read */
+#define PENDING_POLL_MS 100		/* while events wait above the watermark */
+#define HEARTBEAT_US (15 * 1000000LL)
+#define RECONNECT_MS 1000
+#define RETRY_MS 1000			/* the SSE retry: clients wait this long */
+
+typedef struct RingEvent
+{
+	int64_t		seq;
+	char	   *topic;
+	char	   *frame;			/* "id: ...\ndata: ...\n\n" */
+	size_t		frame_len;
+} RingEvent;
+
+typedef struct Stream
+{
+	struct Stream *next;
+	struct Stream *prev;
+	struct MHD_Connection *conn;
+	char	   *topic;			/* NULL: every topic */
+	int64_t		pos;
+	bool		started;		/* the retry line was sent */
+	bool		suspended;
+	bool		catching_up;	/* reads pages from the database */
+	bool		fetch_wanted;	/* ... and waits for the hub to read one */
+	bool		fetching;		/* the hub is reading one */
+	bool		freed;			/* MHD let go of it while fetching */
+	bool		heartbeat;
+	const char *end_reason;		/* set: send the final event, then end */
+	bool		end_sent;
+	AggrBuf		out;			/* frames not yet handed to MHD */
+	size_t		out_off;
+} Stream;
+
+static struct
+{
+	pthread_mutex_t lock;
+	RingEvent  *ring;			/* circular, oldest at head */
+	size_t		cap;
+	size_t		head;
+	size_t		count;
+	size_t		bytes;
+	int64_t		floor;			/* the ring holds every event in (floor,
+								 * cursor] */
+	int64_t		cursor;
+	bool		connected;
+	bool		stopping;
+	Stream	   *streams;
+	unsigned	nstreams;
+	int			wake[2];		/* a byte wakes the hub */
+	pthread_t	thread;
+	PGconn	   *conn;			/* the hub thread's alone */
+}			hub = {.lock = PTHREAD_MUTEX_INITIALIZER,.wake = {-1, -1}};
+
+static void
+WakeHub(void)
+{
+	char		c = 0;
+
+	if (write(hub.wake[1], &c, 1) < 0)
+	{
+		/* the pipe is full: the hub is awake already */
+	}
+}
+
+/* ---- the ring (hub.lock held) ---- */
+
+static RingEvent *
+RingAt(size_t i)
+{
+	return &hub.ring[(hub.head + i) % hub.cap];
+}
+
+static void
+RingDropOldest(void)
+{
+	RingEvent  *e = RingAt(0);
+
+	hub.floor = e->seq;
+	hub.bytes -= e->frame_len;
+	free(e->topic);
+	free(e->frame);
+	hub.head = (hub.head + 1) % hub.cap;
+	hub.count--;
+}
+
+static void
+RingAppend(int64_t seq, const char *topic, const char *json, size_t json_len)
+{
+	AggrBuf		frame;
+	RingEvent  *e;
+
+	AggrBufInit(&frame, json_len + 32);
+	AggrBufPrintf(&frame, "id: %" PRId64 "\ndata: ", seq);
+	AggrBufAppend(&frame, json, json_len);
+	AggrBufAppendStr(&frame, "\n\n");
+	while (hub.count > 0 &&
+		   (hub.count == hub.cap || hub.bytes + frame.len > aggr_config.stream_buffer))
+		RingDropOldest();
+	e = RingAt(hub.count);
+	e->seq = seq;
+	e->topic = AggrStrdup(topic);
+	e->frame = frame.data;
+	e->frame_len = frame.len;
+	hub.count++;
+	hub.bytes += frame.len;
+	hub.cursor = seq;
+}
+
+/* the index of the first event after seq */
+static size_t
+RingFirstAfter(int64_t seq)
+{
+	size_t		lo = 0;
+	size_t		hi = hub.count;
+
+	while (lo < hi)
+	{
+		size_t		mid = lo + (hi - lo) / 2;
+
+		if (RingAt(mid)->seq <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool
+TopicMatches(const Stream *s, const char *topic)
+{
+	return s->topic == NULL || strcmp(s->topic, topic) == 0;
+}
+
+/* ---- one subscriber (hub.lock held) ---- */
+
+static void
+AppendFinalEvent(Stream *s)
+{
+	AggrBufAppendStr(&s->out, "event: error\ndata: {\"error\":");
+	AggrBufJsonString(&s->out, s->end_reason);
+	AggrBufPrintf(&s->out, ",\"resume_after\":%" PRId64 "}\n\n", s->pos);
+	s->end_sent = true;
+}
+
+/* the ring's next events of s's topic, about max bytes; false: none */
+static bool
+FillFromRing(Stream *s, size_t max)
+{
+	size_t		before = s->out.len;
+
+	for (size_t i = RingFirstAfter(s->pos); i < hub.count; i++)
+	{
+		RingEvent  *e = RingAt(i);
+
+		if (s->out.len - before >= max)
+			return true;
+		if (TopicMatches(s, e->topic))
+			AggrBufAppend(&s->out, e->frame, e->frame_len);
+		s->pos = e->seq;
+	}
+	/* every event up to the cursor was looked at */
+	if (s->pos < hub.cursor)
+		s->pos = hub.cursor;
+	return s->out.len > before;
+}
+
+/* queue what s should be sent next; false: nothing yet */
+static bool
+Refill(Stream *s, size_t max)
+{
+	if (!s->started)
+	{
+		AggrBufPrintf(&s->out, "retry: %d\n\n", RETRY_MS);
+		s->started = true;
+		return true;
+	}
+	if (s->end_reason)
+	{
+		if (s->end_sent)
+			return false;
+		AppendFinalEvent(s);
+		return true;
+	}
+	if (s->heartbeat)
+	{
+		s->heartbeat = false;
+		AggrBufAppendStr(&s->out, ": heartbeat\n\n");
+		return true;
+	}
+	if (s->pos < hub.floor)
+	{
+		if (!s->catching_up)
+		{
+			s->end_reason = "subscriber too slow: it fell more than --stream-buffer behind; resume after resume_after";
+			AggrMetricsStreams(0, 1);
+			AppendFinalEvent(s);
+			return true;
+		}
+		if (!s->fetching && !s->fetch_wanted)
+		{
+			s->fetch_wanted = true;
+			WakeHub();
+		}
+		return false;
+	}
+	s->catching_up = false;
+	return FillFromRing(s, max);
+}
+
+/* MHD asks for the stream's next bytes */
+static ssize_t
+StreamRead(void *cls, uint64_t offset, char *buf, size_t max)
+{
+	Stream	   *s = cls;
+	size_t		n;
+
+	(void) offset;
+	pthread_mutex_lock(&hub.lock);
+	if (s->out_off == s->out.len)
+	{
+		AggrBufReset(&s->out);
+		s->out_off = 0;
+		if (!Refill(s, max))
+		{
+			bool		ended = s->end_sent;
+
+			if (!ended)
+			{
+				s->suspended = true;
+				MHD_suspend_connection(s->conn);
+			}
+			pthread_mutex_unlock(&hub.lock);
+			return ended ? MHD_CONTENT_READER_END_OF_STREAM : 0;
+		}
+	}
+	n = s->out.len - s->out_off;
+	if (n > max)
+		n = max;
+	memcpy(buf, s->out.data + s->out_off, n);
+	s->out_off += n;
+	pthread_mutex_unlock(&hub.lock);
+	return (ssize_t) n;
+}
+
+static void
+StreamDestroy(Stream *s)
+{
+	AggrBufFree(&s->out);
+	free(s->topic);
+	free(s);
+}
+
+/* MHD is done with the stream: the connection closed */
+static void
+StreamFree(void *cls)
+{
+	Stream	   *s = cls;
+
+	pthread_mutex_lock(&hub.lock);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		hub.streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	hub.nstreams--;
+	AggrMetricsStreams(-1, 0);
+	if (s->fetching)
+		s->freed = true;
+	else
+		StreamDestroy(s);
+	pthread_mutex_unlock(&hub.lock);
+}
+
+struct MHD_Response *
+AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
+			   const char **refusal)
+{
+	struct MHD_Response *resp;
+	Stream	   *s;
+
+	pthread_mutex_lock(&hub.lock);
+	if (!hub.connected || hub.stopping)
+	{
+		pthread_mutex_unlock(&hub.lock);
+		*refusal = "the event stream is not connected to the database yet";
+		return NULL;
+	}
+	if (hub.nstreams >= aggr_config.max_streams)
+	{
+		pthread_mutex_unlock(&hub.lock);
+		*refusal = "too many event streams (--max-streams)";
+		return NULL;
+	}
+	s = AggrCalloc(1, sizeof(Stream));
+	s->conn = conn;
+	s->topic = topic ? AggrStrdup(topic) : NULL;
+	s->pos = after >= 0 ? after : hub.cursor;
+	s->catching_up = s->pos < hub.floor;
+	AggrBufInit(&s->out, 1024);
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+											 StreamRead, s, StreamFree);
+	if (resp == NULL)
+	{
+		pthread_mutex_unlock(&hub.lock);
+		StreamDestroy(s);
+		*refusal = "out of memory";
+		return NULL;
+	}
+	s->next = hub.streams;
+	if (hub.streams)
+		hub.streams->prev = s;
+	hub.streams = s;
+	hub.nstreams++;
+	AggrMetricsStreams(1, 0);
+	pthread_mutex_unlock(&hub.lock);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	return resp;
+}
+
+/* ---- the hub ---- */
+
+/*
+ * Resume the suspended streams that pick(s) selects; pick runs under the
+ * lock, the resumes after it (see the header).
+ */
+static void
+ResumeStreams(bool (*pick) (Stream *s, void *arg), void *arg)
+{
+	struct MHD_Connection **conns;
+	size_t		n = 0;
+
+	pthread_mutex_lock(&hub.lock);
+	conns = AggrMalloc(sizeof(*conns) * (hub.nstreams + 1));
+	for (Stream *s = hub.streams; s; s = s->next)
+		if (pick(s, arg) && s->suspended)
+		{
+			s->suspended = false;
+			conns[n++] = s->conn;
+		}
+	pthread_mutex_unlock(&hub.lock);
+	for (size_t i = 0; i < n; i++)
+		MHD_resume_connection(conns[i]);
+	free(conns);
+}
+
+static bool
+PickToEnd(Stream *s, void *arg)
+{
+	if (s->end_reason == NULL)
+		s->end_reason = arg;
+	return true;
+}
+
+static bool
+PickForHeartbeat(Stream *s, void *arg)
+{
+	(void) arg;
+	s->heartbeat = true;
+	return true;
+}
+
+/* the ring's events after *arg (the cursor before a read) */
+static bool
+PickForNews(Stream *s, void *arg)
+{
+	int64_t		before = *(int64_t *) arg;
+
+	if (s->catching_up || s->end_reason)
+		return false;
+	for (size_t i = RingFirstAfter(before); i < hub.count; i++)
+		if (TopicMatches(s, RingAt(i)->topic))
+			return true;
+	/* nothing for it: it has seen everything up to the cursor */
+	if (s->suspended && s->pos >= before)
+		s->pos = hub.cursor;
+	return false;
+}
+
+static bool
+PickCaughtUp(Stream *s, void *arg)
+{
+	(void) arg;
+	return !s->fetch_wanted && !s->fetching && s->catching_up;
+}
+
+static void
+HubDisconnect(const char *why)
+{
+	if (hub.conn)
+		PQfinish(hub.conn);
+	hub.conn = NULL;
+	pthread_mutex_lock(&hub.lock);
+	hub.connected = false;
+	pthread_mutex_unlock(&hub.lock);
+	ResumeStreams(PickToEnd, (void *) why);
+}
+
+/* the watermark; false when the connection failed */
+static bool
+ReadWatermark(int64_t *upto, bool *pending)
+{
+	PGresult   *res = PQexec(hub.conn, "SELECT upto, pending FROM aggr_events_watermark()");
+	bool		ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+
+	if (ok)
+	{
+		*upto = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		*pending = PQgetvalue(res, 0, 1)[0] == 't';
+	}
+	PQclear(res);
+	return ok;
+}
+
+/* a page of aggr_events(topic, limit, after): seq, topic, JSON */
+static PGresult *
+ReadPage(const char *topic, int limit, int64_t after)
+{
+	char		limit_txt[16];
+	char		after_txt[24];
+	const char *values[3] = {topic, limit_txt, after_txt};
+	PGresult   *res;
+
+	snprintf(limit_txt, sizeof(limit_txt), "%d", limit);
+	snprintf(after_txt, sizeof(after_txt), "%" PRId64, after);
+	res = PQexecParams(hub.conn,
+					   "SELECT e.seq, e.topic, " AGGR_EVENT_JSON_SQL
+					   " FROM aggr_events($1, $2::integer, $3::bigint) AS e",
+					   3, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/* server notices and warnings become JSON log lines, not raw stderr */
+static void
+LogNotice(void *arg, const char *message)
+{
+	(void) arg;
+	AggrLog("notice", "event stream connection: %s", message);
+}
+
+static bool
+HubConnect(void)
+{
+	const char *keys[] = {"connect_timeout", "application_name",
+	"client_encoding", "dbname", NULL};
+	const char *vals[] = {"3", "aggr sidecar stream", "UTF8", aggr_config.conninfo, NULL};
+	int64_t		upto;
+	bool		pending;
+	PGresult   *res;
+	bool		ok;
+
+	hub.conn = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(hub.conn) != CONNECTION_OK)
+		return false;
+	PQsetNoticeProcessor(hub.conn, LogNotice, NULL);
+	res = PQexec(hub.conn, "SET TimeZone = 'UTC'; LISTEN aggr_events");
+	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	if (!ok || !ReadWatermark(&upto, &pending))
+		return false;
+	pthread_mutex_lock(&hub.lock);
+	/* the first connection starts from now; a new one goes on where it was */
+	if (hub.cursor == 0 && hub.count == 0)
+		hub.floor = hub.cursor = upto;
+	hub.connected = true;
+	pthread_mutex_unlock(&hub.lock);
+	AggrLog("info", "event stream connected, from seq %" PRId64, hub.cursor);
+	return true;
+}
+
+/*
+ * Read every new event into the ring and wake whom it concerns; false when
+ * the connection failed.  *pending: events wait above the watermark.
+ */
+static bool
+HubReadNews(bool *pending)
+{
+	int64_t		before = hub.cursor;
+
+	for (;;)
+	{
+		int64_t		upto;
+		PGresult   *res;
+		int			n;
+
+		if (!ReadWatermark(&upto, pending) ||
+			(res = ReadPage(NULL, RING_PAGE_EVENTS, hub.cursor)) == NULL)
+			return false;
+		n = PQntuples(res);
+		pthread_mutex_lock(&hub.lock);
+		for (int i = 0; i < n; i++)
+			RingAppend(strtoll(PQgetvalue(res, i, 0), NULL, 10), PQgetvalue(res, i, 1),
+					   PQgetvalue(res, i, 2), PQgetlength(res, i, 2));
+		/* a short page holds every event up to the watermark read before it */
+		if (n < RING_PAGE_EVENTS && upto > hub.cursor)
+			hub.cursor = upto;
+		if (hub.count == 0)
+			hub.floor = hub.cursor;
+		pthread_mutex_unlock(&hub.lock);
+		PQclear(res);
+		if (n < RING_PAGE_EVENTS)
+			break;
+	}
+	if (hub.cursor != before)
+		ResumeStreams(PickForNews, &before);
+	return true;
+}
+
+/* one page for each stream that catches up; false when the connection failed */
+static bool
+HubCatchUp(void)
+{
+	for (;;)
+	{
+		Stream	   *s = NULL;
+		char	   *topic;
+		int64_t		after;
+		int64_t		upto;
+		bool		pending;
+		PGresult   *res;
+		int			n;
+
+		pthread_mutex_lock(&hub.lock);
+		for (Stream *c = hub.streams; c && s == NULL; c = c->next)
+			if (c->fetch_wanted && !c->end_reason)
+				s = c;
+		if (s)
+		{
+			s->fetch_wanted = false;
+			s->fetching = true;
+			topic = s->topic ? AggrStrdup(s->topic) : NULL;
+			after = s->pos;
+		}
+		pthread_mutex_unlock(&hub.lock);
+		if (s == NULL)
+			break;
+
+		res = NULL;
+		if (ReadWatermark(&upto, &pending))
+			res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, after);
+		free(topic);
+		n = res ? PQntuples(res) : 0;
+
+		pthread_mutex_lock(&hub.lock);
+		s->fetching = false;
+		if (s->freed)
+			StreamDestroy(s);
+		else if (res)
+		{
+			for (int i = 0; i < n; i++)
+			{
+				AggrBufPrintf(&s->out, "id: %s\ndata: ", PQgetvalue(res, i, 0));
+				AggrBufAppend(&s->out, PQgetvalue(res, i, 2), PQgetlength(res, i, 2));
+				AggrBufAppendStr(&s->out, "\n\n");
+				s->pos = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+			}
+			if (n < CATCH_UP_PAGE_EVENTS && upto > s->pos)
+				s->pos = upto;
+		}
+		pthread_mutex_unlock(&hub.lock);
+		PQclear(res);
+		if (res == NULL)
+			return false;
+		ResumeStreams(PickCaughtUp, NULL);
+	}
+	return true;
+}
+
+/* wait for a notification, a wake-up byte or the timeout; false: connection lost */
+static bool
+HubWait(int timeout_ms)
+{
+	struct pollfd fds[2] = {{.fd = hub.wake[0],.events = POLLIN}, {.fd = -1,.events = POLLIN}};
+	PGnotify   *note;
+	char		drain[64];
+
+	if (hub.conn)
+		fds[1].fd = PQsocket(hub.conn);
+	if (poll(fds, hub.conn ? 2 : 1, timeout_ms) > 0 && (fds[0].revents & POLLIN))
+		while (read(hub.wake[0], drain, sizeof(drain)) == (ssize_t) sizeof(drain))
+			;
+	if (hub.conn == NULL)
+		return true;
+	if (!PQconsumeInput(hub.conn))
+		return false;
+	while ((note = PQnotifies(hub.conn)) != NULL)
+		PQfreemem(note);
+	return true;
+}
+
+/* the connection failed: say why, once per outage; streams end */
+static void
+HubLost(int *failures)
+{
+	if ((*failures)++ == 0)
+		AggrLog("warning", "event stream: %s",
+				hub.conn ? PQerrorMessage(hub.conn) : "out of memory");
+	HubDisconnect("database connection lost; resume with Last-Event-ID");
+}
+
+static void *
+HubMain(void *arg)
+{
+	int64_t		next_heartbeat = AggrNowUs() + HEARTBEAT_US;
+	int			failures = 0;
+
+	(void) arg;
+	for (;;)
+	{
+		bool		pending = false;
+		bool		stopping;
+		int64_t		now;
+
+		pthread_mutex_lock(&hub.lock);
+		stopping = hub.stopping;
+		pthread_mutex_unlock(&hub.lock);
+		if (stopping)
+			break;
+		if (hub.conn == NULL)
+		{
+			if (!HubConnect())
+			{
+				HubLost(&failures);
+				HubWait(RECONNECT_MS);
+				continue;
+			}
+			failures = 0;
+		}
+		if (!HubReadNews(&pending) || !HubCatchUp())
+		{
+			HubLost(&failures);
+			continue;
+		}
+		now = AggrNowUs();
+		if (now >= next_heartbeat)
+		{
+			ResumeStreams(PickForHeartbeat, NULL);
+			next_heartbeat = now + HEARTBEAT_US;
+		}
+		if (!HubWait(pending ? PENDING_POLL_MS : (int) ((next_heartbeat - now) / 1000) + 1))
+			HubLost(&failures);
+	}
+	if (hub.conn)
+		PQfinish(hub.conn);
+	hub.conn = NULL;
+	return NULL;
+}
+
+void
+AggrStreamStart(void)
+{
+	hub.cap = 65536;
+	hub.ring = AggrCalloc(hub.cap, sizeof(RingEvent));
+	if (pipe(hub.wake) != 0)
+	{
+		AggrLog("fatal", "event stream: pipe: %m");
+		exit(1);
+	}
+	for (int i = 0; i < 2; i++)
+		(void) fcntl(hub.wake[i], F_SETFL, fcntl(hub.wake[i], F_GETFL) | O_NONBLOCK);
+	pthread_create(&hub.thread, NULL, HubMain, NULL);
+}
+
+/* every stream ends with a final event; the hub thread stops */
+void
+AggrStreamStop(void)
+{
+	pthread_mutex_lock(&hub.lock);
+	hub.stopping = true;
+	pthread_mutex_unlock(&hub.lock);
+	ResumeStreams(PickToEnd, (void *) "the server is shutting down; resume with Last-Event-ID");
+	WakeHub();
+	pthread_join(hub.thread, NULL);
+}
