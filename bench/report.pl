@@ -16,12 +16,16 @@ my %what = (
     http_ndjson_gzip => 'HTTP POST /publish, direct mode, gzip NDJSON bodies',
     drain   => 'consumers draining a pre-filled Redis queue',
     publish => 'HTTP POST /publish, broker mode, until drained',
+    stream_none => 'SELECT aggr_ingest(batch), sidecar running, no stream subscriber',
+    stream_200 => 'the same with 200 GET /events/stream subscribers reading (p50/p99: commit to subscriber)',
+    stream_idle_1000 => 'aggr-sidecar with 1,000 idle GET /events/stream subscribers (RSS)',
 );
 print "| workload | events | events/s | × raw | p50 ms | p99 ms | peak RSS |\n";
 print "|---|---:|---:|---:|---:|---:|---:|\n";
 for my $r (@rows)
 {
     my ($w, $n, $rate, $ratio, $p50, $p99, $rss) = @$r;
+    ($n, $ratio) = ('', '') if $n eq '0';    # a memory figure, not a run of events
     printf "| %s | %s | %s | %s | %s | %s | %s |\n", $what{$w} // $w, $n, $rate, $ratio,
       $p50 eq '' ? '' : sprintf('%.1f', $p50), $p99 eq '' ? '' : sprintf('%.1f', $p99),
       $rss eq '' ? '' : sprintf('%.1f MB', $rss / 1024);
@@ -32,6 +36,7 @@ my (@workloads, @sizes, %rate, %seen_w, %seen_s);
 for my $r (@rows)
 {
     my ($w, $n, $rate) = @$r;
+    next if $n eq '0';
     push @workloads, $w unless $seen_w{$w}++;
     push @sizes, $n unless $seen_s{$n}++;
     $rate{$w}{$n} = $rate;

@@ -13,6 +13,10 @@
 #   drain    4 consumers (the default) draining a pre-filled Redis queue
 #            (appendfsync always); peak RSS = their private memory, summed
 #   publish  aggr-publisher -> sidecar -> Redis -> consumers, until drained
+#   stream   aggr_ingest as above with 200 GET /events/stream subscribers
+#            reading (20 per topic) vs none; commit-to-subscriber latency of
+#            one-event probes under that load; sidecar RSS with 1,000 idle
+#            streams (BENCH_STREAM=0 leaves it out)
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
 # (35 % duplicates), the same batches for every workload (make_batches).
@@ -134,6 +138,53 @@ for n in $sizes; do
         sidecar_stop
     done
 done
+
+if [ "${BENCH_STREAM:-1}" = 1 ]; then
+    echo "=== Event stream: aggr_ingest with 200 subscribers vs none, delivery latency, 1,000 idle streams"
+    n=200000
+    raw_var="raw_$n"; raw=${!raw_var:-}
+    [ -n "$raw" ] || { make_batches "$n"; raw=$(pgbench_rate "$src/bench/raw.sql" "$n"); }
+    [ "$(sql -c 'SELECT count(*) FROM bench_batches')" = $(( n / 500 )) ] || make_batches "$n"
+    sidecar_start --threads 2 --max-streams 1200 --max-conns 1300 --max-conns-per-ip 1300
+    subscribers_start() {   # 200 subscribers, 20 on each of the bench's 10 topics
+        perl "$src/bench/stream.pl" subscribe "$AGGR_HTTP_PORT" 200 600 > "$AGGR_STATE/subscribers.out" &
+        subscribers_pid=$!
+        until grep -q ready "$AGGR_STATE/subscribers.out" 2>/dev/null; do
+            kill -0 "$subscribers_pid" 2>/dev/null || { echo "bench: subscribers failed" >&2; exit 1; }
+            sleep 0.1
+        done
+    }
+    subscribers_stop() { kill -TERM "$subscribers_pid"; wait "$subscribers_pid" || true; }
+    nones=() withs=()
+    for rep in 1 2 3; do
+        nones+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
+        subscribers_start
+        withs+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
+        subscribers_stop
+    done
+    record stream_none "$n" "$(printf '%s\n' "${nones[@]}" | median)" "" "" ""
+    # latency from commit to a subscriber of one-event probes, while 2
+    # clients ingest batches (the same ones over and over: duplicates after
+    # the first pass) and the 200 subscribers read
+    subscribers_start
+    printf '\\set b 1 + (:client_id + 2 * random(0, 1000000)) %% %d\nSELECT aggr_ingest(body::jsonb) FROM bench_batches WHERE id = :b;\n' \
+        $(( n / 500 )) > "$AGGR_STATE/load.sql"
+    pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c 2 -j 2 -T 12 -f "$AGGR_STATE/load.sql" \
+        postgres > /dev/null 2>&1 &
+    load_pid=$!
+    sleep 1
+    read -r p50 p99 <<< "$(perl "$src/bench/stream.pl" latency "$AGGR_HTTP_PORT" \
+        psql -X -q -At -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -d postgres -o /dev/null -- 300)"
+    wait "$load_pid" || true
+    subscribers_stop
+    record stream_200 "$n" "$(printf '%s\n' "${withs[@]}" | median)" "$p50" "$p99" "$(peak_rss_kb "$AGGR_SIDECAR_PID")"
+    sidecar_stop   # a fresh one: the subscribers' streams end at their next heartbeat
+    sidecar_start --threads 2 --max-streams 1200 --max-conns 1300 --max-conns-per-ip 1300
+    read -r rss_before rss_idle <<< "$(perl "$src/bench/stream.pl" idle "$AGGR_HTTP_PORT" 1000 "$AGGR_SIDECAR_PID")"
+    record stream_idle_1000 0 "" "" "" "$rss_idle"
+    echo "sidecar RSS: $rss_before kB without streams, $rss_idle kB with 1,000 idle streams"
+    sidecar_stop
+fi
 
 echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
 # the shipped default of aggr.worker_count (4); each consumer waits on two

@@ -53,6 +53,7 @@ int			aggr_batch_bytes = 32 * 1024;
 char	   *aggr_database = NULL;
 int			aggr_test_crash_point = 0;
 int			aggr_test_backoff = 0;
+bool		aggr_notify = true;
 
 /* Loaded by shared_preload_libraries (true in the postmaster and its children). */
 static bool preloaded = false;
@@ -99,6 +100,10 @@ DefineSessionSettings(void)
 							"aggr_publish refuses a request whose element is longer; a longer element is a batch of its own, and one above 256 MB is dead-lettered with its size and first bytes.",
 							&aggr_batch_bytes, 32 * 1024, 64, AGGR_QUEUE_MAX_ELEMENT_BYTES / 1024,
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomBoolVariable("aggr.notify",
+							 "Notify channel aggr_events at each commit that stored events.",
+							 "NOTIFY serializes the commits of notifying transactions and a transaction that notified cannot PREPARE: turn it off for two-phase commit, or where nobody follows new events.",
+							 &aggr_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.test_backoff",
 							"Test only: the longest wait of a consumer between retries (0 = 5 s).",
 							NULL, &aggr_test_backoff, 0, 0, 5000,

@@ -28,6 +28,7 @@ extern int	aggr_batch_bytes;	/* kB */
 extern char *aggr_database;
 extern int	aggr_test_crash_point;
 extern int	aggr_test_backoff;
+extern bool aggr_notify;
 
 /* Broker mode: a preloaded aggr with aggr.broker_url set. */
 extern bool AggrBrokerConfigured(void);

@@ -6,6 +6,7 @@
  */
 #include "postgres.h"
 
+#include "aggr.h"
 #include "watermark.h"
 
 #include "catalog/namespace.h"
@@ -125,12 +126,13 @@ AggrEventsWatermark(bool *pending)
 /*
  * After a batch stored events: LISTEN aggr_events hears of it once the
  * transaction commits (one notification per transaction, however many
- * batches; none if it rolls back).
+ * batches; none if it rolls back), unless aggr.notify is off.
  */
 void
 AggrNotifyEventsStored(void)
 {
-	Async_Notify(AGGR_EVENTS_CHANNEL, "");
+	if (aggr_notify)
+		Async_Notify(AGGR_EVENTS_CHANNEL, "");
 }
 
 /* aggr_events_watermark(OUT upto bigint, OUT pending boolean) */

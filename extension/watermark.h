@@ -23,6 +23,11 @@
  * was taken: T had ended (locks are released after the commit is visible),
  * and the page's later snapshot sees all of T or none of it, forever.
  *
+ * W is not monotonic: a writer that read v, then a reader that listed no
+ * lock, then the writer's lock, makes the next W lower than the last.  A
+ * page must therefore be cut and continued with one and the same W
+ * (aggr_events_page() returns the W it cut at).
+ *
  * A transaction holds the watermark from its first ingest to its end, so
  * one left open holds every reader's pages at it (by design: its events may
  * still commit).  Locks live on the primary, so a standby cannot page this

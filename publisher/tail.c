@@ -124,10 +124,16 @@ Dispatch(Tail *t)
 	else if (t->data.len > 0 && t->event_id >= 0)
 	{
 		PrintEvent(t);
-		t->last_id = t->event_id;
 		if (t->count > 0 && ++t->printed >= t->count)
 			t->done = true;
 	}
+
+	/*
+	 * An id without data (the stream's first message, a heartbeat, the final
+	 * event) is where the stream stands for this topic: resume after it.
+	 */
+	if (t->event_id >= 0)
+		t->last_id = t->event_id;
 	AggrBufReset(&t->data);
 	AggrBufReset(&t->event);
 	t->event_id = -1;
@@ -159,7 +165,11 @@ Field(Tail *t, const char *line, size_t len)
 		AggrBufAppend(&t->event, value, value_len);
 	}
 	else if (name_len == 5 && memcmp(line, "retry", 5) == 0)
-		t->retry_ms = strtol(value, NULL, 10);
+	{
+		long		ms = strtol(value, NULL, 10);
+
+		t->retry_ms = ms < 100 ? 100 : ms > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : ms;
+	}
 }
 
 static size_t
@@ -343,7 +353,6 @@ main(int argc, char **argv)
 	AggrBufInit(&t.event, 32);
 	for (;;)
 	{
-		long long	before = t.printed;
 		long		status = Follow(&t);
 		long		wait;
 
@@ -351,8 +360,8 @@ main(int argc, char **argv)
 			break;
 		if (status == 401 || status == 400 || status == 404)
 			return 2;			/* asking again would not help */
-		/* a stream that delivered something was a success: start over */
-		failures = t.printed > before ? 0 : failures + 1;
+		/* a stream that was open was a success: count failures anew */
+		failures = status == 200 ? 0 : failures + 1;
 		if (t.max_reconnects >= 0 && failures > t.max_reconnects)
 		{
 			fprintf(stderr, "aggr-tail: giving up after %ld reconnects\n", failures - 1);

@@ -393,7 +393,13 @@ Connect(DbSlot *slot, AggrDbError *err)
 	if (PQstatus(slot->conn) == CONNECTION_OK)
 	{
 		PQsetNoticeProcessor(slot->conn, LogNotice, slot);
-		res = PQexec(slot->conn, "SET TimeZone = 'UTC'");
+
+		/*
+		 * aggr_events pages only in READ COMMITTED, whatever the role's
+		 * default
+		 */
+		res = PQexec(slot->conn, "SET TimeZone = 'UTC'; "
+					 "SET default_transaction_isolation = 'read committed'");
 		if (PQresultStatus(res) == PGRES_COMMAND_OK &&
 			PQsetnonblocking(slot->conn, 1) == 0)
 		{

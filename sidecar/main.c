@@ -47,6 +47,7 @@ AggrConfig	aggr_config = {
 	.min_body_rate = 16 * 1024,
 	.max_streams = 256,
 	.stream_buffer = 16 * 1024 * 1024,
+	.stream_heartbeat_s = 15,
 };
 
 static int	drain_seconds = 30;
@@ -82,6 +83,7 @@ Usage(FILE *out)
 			"                         503 (default 256; each is a connection too)\n"
 			"  --stream-buffer=BYTES  recent events kept for the subscribers; one that\n"
 			"                         falls further behind is disconnected (default 16M)\n"
+			"  --stream-heartbeat=S   a comment line on each stream every S seconds (15)\n"
 			"  --max-conns=N          open client connections at most (default 512)\n"
 			"  --max-conns-per-ip=N   open connections per client address (default 128)\n"
 			"  --timeout=SECONDS      close a client idle this long (default 15)\n"
@@ -240,6 +242,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 		{"max-conns", required_argument, NULL, 'c'},
 		{"max-streams", required_argument, NULL, 'S'},
 		{"stream-buffer", required_argument, NULL, 'Z'},
+		{"stream-heartbeat", required_argument, NULL, 'H'},
 		{"max-conns-per-ip", required_argument, NULL, 'i'},
 		{"timeout", required_argument, NULL, 'o'},
 		{"db-timeout", required_argument, NULL, 'D'},
@@ -312,6 +315,10 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 			case 'Z':
 				ok = ParseSize(optarg, &aggr_config.stream_buffer) &&
 					aggr_config.stream_buffer >= 64 * 1024;
+				break;
+			case 'H':
+				ok = ParseCount(optarg, 1, 3600, &n);
+				aggr_config.stream_heartbeat_s = (int) n;
 				break;
 			case 'c':
 				ok = ParseCount(optarg, 1, 100000, &n);

@@ -47,6 +47,7 @@ typedef struct AggrConfig
 	size_t		min_body_rate;	/* bytes/s a body averages after --timeout s */
 	unsigned	max_streams;	/* GET /events/stream subscribers at once */
 	size_t		stream_buffer;	/* bytes of recent events kept for them */
+	int			stream_heartbeat_s; /* a comment line this often */
 } AggrConfig;
 
 extern AggrConfig aggr_config;

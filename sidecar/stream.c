@@ -39,6 +39,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#define _GNU_SOURCE
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -47,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <microhttpd.h>
 
@@ -55,9 +57,9 @@
 #define RING_PAGE_EVENTS 1000	/* events per hub read */
 #define CATCH_UP_PAGE_EVENTS 200	/* events per catch-up read */
 #define PENDING_POLL_MS 100		/* while events wait above the watermark */
-#define HEARTBEAT_US (15 * 1000000LL)
 #define RECONNECT_MS 1000
 #define RETRY_MS 1000			/* the SSE retry: clients wait this long */
+#define STREAM_SNDBUF (64 * 1024)	/* a stream socket's kernel send buffer */
 
 typedef struct RingEvent
 {
@@ -189,10 +191,15 @@ TopicMatches(const Stream *s, const char *topic)
 
 /* ---- one subscriber (hub.lock held) ---- */
 
+/*
+ * The final event.  Its id, like the first message's and each heartbeat's,
+ * is where the stream stands: every event of its topic up to it was sent,
+ * so a client that reconnects with it as Last-Event-ID misses nothing.
+ */
 static void
 AppendFinalEvent(Stream *s)
 {
-	AggrBufAppendStr(&s->out, "event: error\ndata: {\"error\":");
+	AggrBufPrintf(&s->out, "event: error\nid: %" PRId64 "\ndata: {\"error\":", s->pos);
 	AggrBufJsonString(&s->out, s->end_reason);
 	AggrBufPrintf(&s->out, ",\"resume_after\":%" PRId64 "}\n\n", s->pos);
 	s->end_sent = true;
@@ -226,7 +233,7 @@ Refill(Stream *s, size_t max)
 {
 	if (!s->started)
 	{
-		AggrBufPrintf(&s->out, "retry: %d\n\n", RETRY_MS);
+		AggrBufPrintf(&s->out, "retry: %d\nid: %" PRId64 "\n\n", RETRY_MS, s->pos);
 		s->started = true;
 		return true;
 	}
@@ -240,7 +247,7 @@ Refill(Stream *s, size_t max)
 	if (s->heartbeat)
 	{
 		s->heartbeat = false;
-		AggrBufAppendStr(&s->out, ": heartbeat\n\n");
+		AggrBufPrintf(&s->out, ": heartbeat\nid: %" PRId64 "\n\n", s->pos);
 		return true;
 	}
 	if (s->pos < hub.floor)
@@ -328,6 +335,22 @@ StreamFree(void *cls)
 	pthread_mutex_unlock(&hub.lock);
 }
 
+/*
+ * The kernel's send buffer of a stream's socket, which Linux lets grow to
+ * megabytes: kept small, it bounds what a subscriber that reads nothing
+ * holds there, and one that reads too slowly is seen falling behind soon.
+ */
+static void
+SmallSendBuffer(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	int			bytes = STREAM_SNDBUF;
+
+	if (info)
+		(void) setsockopt(info->connect_fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+}
+
 struct MHD_Response *
 AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 			   const char **refusal)
@@ -350,6 +373,7 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	}
 	s = AggrCalloc(1, sizeof(Stream));
 	s->conn = conn;
+	SmallSendBuffer(conn);
 	s->topic = topic ? AggrStrdup(topic) : NULL;
 	s->pos = after >= 0 ? after : hub.cursor;
 	s->catching_up = s->pos < hub.floor;
@@ -426,6 +450,16 @@ PickForNews(Stream *s, void *arg)
 
 	if (s->catching_up || s->end_reason)
 		return false;
+
+	/*
+	 * Idle while more came than the ring holds: not slow, only behind; the
+	 * table has what the ring lost.
+	 */
+	if (s->suspended && s->pos < hub.floor)
+	{
+		s->catching_up = true;
+		return true;
+	}
 	for (size_t i = RingFirstAfter(before); i < hub.count; i++)
 		if (TopicMatches(s, RingAt(i)->topic))
 			return true;
@@ -454,43 +488,61 @@ HubDisconnect(const char *why)
 	ResumeStreams(PickToEnd, (void *) why);
 }
 
-/* the watermark; false when the connection failed */
-static bool
-ReadWatermark(int64_t *upto, bool *pending)
-{
-	PGresult   *res = PQexec(hub.conn, "SELECT upto, pending FROM aggr_events_watermark()");
-	bool		ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
-
-	if (ok)
-	{
-		*upto = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-		*pending = PQgetvalue(res, 0, 1)[0] == 't';
-	}
-	PQclear(res);
-	return ok;
-}
-
-/* a page of aggr_events(topic, limit, after): seq, topic, JSON */
+/*
+ * A page of aggr_events_page(topic, limit, after), cut at about
+ * --max-page bytes (always one event): rows of upto, pending, whether the
+ * page is cut (full by count or by bytes: complete only up to its last
+ * event, else up to upto), seq, topic, JSON; seq is NULL in the one row of
+ * an empty page.  upto is the watermark the page was cut at: a later one
+ * may be lower (watermark.h), so the page is continued from this one.
+ */
 static PGresult *
 ReadPage(const char *topic, int limit, int64_t after)
 {
 	char		limit_txt[16];
 	char		after_txt[24];
-	const char *values[3] = {topic, limit_txt, after_txt};
+	char		bytes_txt[24];
+	const char *values[4] = {topic, limit_txt, after_txt, bytes_txt};
 	PGresult   *res;
 
 	snprintf(limit_txt, sizeof(limit_txt), "%d", limit);
 	snprintf(after_txt, sizeof(after_txt), "%" PRId64, after);
+	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", aggr_config.max_page_bytes);
 	res = PQexecParams(hub.conn,
-					   "SELECT e.seq, e.topic, " AGGR_EVENT_JSON_SQL
-					   " FROM aggr_events($1, $2::integer, $3::bigint) AS e",
-					   3, NULL, values, NULL, NULL, 0);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+					   "WITH page AS (SELECT * FROM aggr_events_page($1, $2::integer, $3::bigint)), "
+					   "rows AS (SELECT e.seq, e.topic, " AGGR_EVENT_JSON_SQL " AS j "
+					   "FROM page, unnest(page.events) AS e), "
+					   "sized AS (SELECT seq, topic, j, sum(octet_length(j)) OVER (ORDER BY seq) "
+					   "- octet_length(j) AS before FROM rows) "
+					   "SELECT page.upto, page.pending, cardinality(page.events) = $2::integer "
+					   "OR EXISTS (SELECT 1 FROM sized WHERE before >= $4::bigint), "
+					   "s.seq, s.topic, s.j FROM page LEFT JOIN sized s ON s.before < $4::bigint "
+					   "ORDER BY s.seq",
+					   4, NULL, values, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
 	{
 		PQclear(res);
 		return NULL;
 	}
 	return res;
+}
+
+/* the page's events: rows whose seq is not NULL */
+static int
+PageEvents(const PGresult *res)
+{
+	return PQgetisnull(res, 0, 3) ? 0 : PQntuples(res);
+}
+
+/* where a page leaves its reader: its last event, or its watermark if not cut */
+static int64_t
+PageEnd(const PGresult *res, int64_t after)
+{
+	int			n = PageEvents(res);
+	int64_t		end = n > 0 ? strtoll(PQgetvalue(res, n - 1, 3), NULL, 10) : after;
+	int64_t		upto = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+
+	return PQgetvalue(res, 0, 2)[0] != 't' && upto > end ? upto : end;
 }
 
 /* server notices and warnings become JSON log lines, not raw stderr */
@@ -504,11 +556,11 @@ LogNotice(void *arg, const char *message)
 static bool
 HubConnect(void)
 {
-	const char *keys[] = {"connect_timeout", "application_name",
-	"client_encoding", "dbname", NULL};
-	const char *vals[] = {"3", "aggr sidecar stream", "UTF8", aggr_config.conninfo, NULL};
-	int64_t		upto;
-	bool		pending;
+	/* keepalives: a dead peer ends the streams, it does not freeze them */
+	const char *keys[] = {"connect_timeout", "application_name", "client_encoding",
+	"keepalives_idle", "keepalives_interval", "keepalives_count", "dbname", NULL};
+	const char *vals[] = {"3", "aggr sidecar stream", "UTF8", "10", "5", "3",
+	aggr_config.conninfo, NULL};
 	PGresult   *res;
 	bool		ok;
 
@@ -516,17 +568,25 @@ HubConnect(void)
 	if (PQstatus(hub.conn) != CONNECTION_OK)
 		return false;
 	PQsetNoticeProcessor(hub.conn, LogNotice, NULL);
-	res = PQexec(hub.conn, "SET TimeZone = 'UTC'; LISTEN aggr_events");
+
+	/*
+	 * aggr_events_page pages only in READ COMMITTED, whatever the role's
+	 * default
+	 */
+	res = PQexec(hub.conn, "SET TimeZone = 'UTC'; "
+				 "SET default_transaction_isolation = 'read committed'; LISTEN aggr_events");
 	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	PQclear(res);
-	if (!ok || !ReadWatermark(&upto, &pending))
+	/* an empty page after the largest seq: the watermark, where "now" is */
+	if (!ok || (res = ReadPage(NULL, 1, INT64_MAX)) == NULL)
 		return false;
 	pthread_mutex_lock(&hub.lock);
 	/* the first connection starts from now; a new one goes on where it was */
 	if (hub.cursor == 0 && hub.count == 0)
-		hub.floor = hub.cursor = upto;
+		hub.floor = hub.cursor = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	hub.connected = true;
 	pthread_mutex_unlock(&hub.lock);
+	PQclear(res);
 	AggrLog("info", "event stream connected, from seq %" PRId64, hub.cursor);
 	return true;
 }
@@ -542,26 +602,45 @@ HubReadNews(bool *pending)
 
 	for (;;)
 	{
-		int64_t		upto;
 		PGresult   *res;
 		int			n;
+		bool		cut;
 
-		if (!ReadWatermark(&upto, pending) ||
-			(res = ReadPage(NULL, RING_PAGE_EVENTS, hub.cursor)) == NULL)
+		/*
+		 * Nobody listens: nothing to read.  A subscriber that comes starts
+		 * from the cursor, or catches up from the table.
+		 */
+		pthread_mutex_lock(&hub.lock);
+		if (hub.nstreams == 0)
+		{
+			while (hub.count > 0)
+				RingDropOldest();
+			pthread_mutex_unlock(&hub.lock);
+			if ((res = ReadPage(NULL, 1, INT64_MAX)) == NULL)
+				return false;
+			pthread_mutex_lock(&hub.lock);
+			if (hub.nstreams == 0)
+				hub.floor = hub.cursor = PageEnd(res, hub.cursor);
+			pthread_mutex_unlock(&hub.lock);
+			*pending = PQgetvalue(res, 0, 1)[0] == 't';
+			PQclear(res);
+			return true;
+		}
+		pthread_mutex_unlock(&hub.lock);
+
+		if ((res = ReadPage(NULL, RING_PAGE_EVENTS, hub.cursor)) == NULL)
 			return false;
-		n = PQntuples(res);
+		n = PageEvents(res);
+		cut = PQgetvalue(res, 0, 2)[0] == 't';
+		*pending = PQgetvalue(res, 0, 1)[0] == 't';
 		pthread_mutex_lock(&hub.lock);
 		for (int i = 0; i < n; i++)
-			RingAppend(strtoll(PQgetvalue(res, i, 0), NULL, 10), PQgetvalue(res, i, 1),
-					   PQgetvalue(res, i, 2), PQgetlength(res, i, 2));
-		/* a short page holds every event up to the watermark read before it */
-		if (n < RING_PAGE_EVENTS && upto > hub.cursor)
-			hub.cursor = upto;
-		if (hub.count == 0)
-			hub.floor = hub.cursor;
+			RingAppend(strtoll(PQgetvalue(res, i, 3), NULL, 10), PQgetvalue(res, i, 4),
+					   PQgetvalue(res, i, 5), PQgetlength(res, i, 5));
+		hub.cursor = PageEnd(res, hub.cursor);
 		pthread_mutex_unlock(&hub.lock);
 		PQclear(res);
-		if (n < RING_PAGE_EVENTS)
+		if (!cut)
 			break;
 	}
 	if (hub.cursor != before)
@@ -578,10 +657,7 @@ HubCatchUp(void)
 		Stream	   *s = NULL;
 		char	   *topic;
 		int64_t		after;
-		int64_t		upto;
-		bool		pending;
 		PGresult   *res;
-		int			n;
 
 		pthread_mutex_lock(&hub.lock);
 		for (Stream *c = hub.streams; c && s == NULL; c = c->next)
@@ -598,48 +674,55 @@ HubCatchUp(void)
 		if (s == NULL)
 			break;
 
-		res = NULL;
-		if (ReadWatermark(&upto, &pending))
-			res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, after);
+		res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, after);
 		free(topic);
-		n = res ? PQntuples(res) : 0;
 
 		pthread_mutex_lock(&hub.lock);
 		s->fetching = false;
 		if (s->freed)
 			StreamDestroy(s);
-		else if (res)
+		else if (res && !s->end_reason)
 		{
-			for (int i = 0; i < n; i++)
+			for (int i = 0; i < PageEvents(res); i++)
 			{
-				AggrBufPrintf(&s->out, "id: %s\ndata: ", PQgetvalue(res, i, 0));
-				AggrBufAppend(&s->out, PQgetvalue(res, i, 2), PQgetlength(res, i, 2));
+				AggrBufPrintf(&s->out, "id: %s\ndata: ", PQgetvalue(res, i, 3));
+				AggrBufAppend(&s->out, PQgetvalue(res, i, 5), PQgetlength(res, i, 5));
 				AggrBufAppendStr(&s->out, "\n\n");
-				s->pos = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 			}
-			if (n < CATCH_UP_PAGE_EVENTS && upto > s->pos)
-				s->pos = upto;
+			s->pos = PageEnd(res, after);
 		}
 		pthread_mutex_unlock(&hub.lock);
-		PQclear(res);
 		if (res == NULL)
 			return false;
+		PQclear(res);
 		ResumeStreams(PickCaughtUp, NULL);
 	}
 	return true;
 }
 
-/* wait for a notification, a wake-up byte or the timeout; false: connection lost */
+/*
+ * Wait for a notification, a wake-up byte or the timeout; false: connection
+ * lost.  Notifications that came with the last query's answer are in libpq
+ * already: then there is no wait.
+ */
 static bool
 HubWait(int timeout_ms)
 {
 	struct pollfd fds[2] = {{.fd = hub.wake[0],.events = POLLIN}, {.fd = -1,.events = POLLIN}};
 	PGnotify   *note;
+	bool		noted = false;
 	char		drain[64];
 
 	if (hub.conn)
+	{
+		while ((note = PQnotifies(hub.conn)) != NULL)
+		{
+			PQfreemem(note);
+			noted = true;
+		}
 		fds[1].fd = PQsocket(hub.conn);
-	if (poll(fds, hub.conn ? 2 : 1, timeout_ms) > 0 && (fds[0].revents & POLLIN))
+	}
+	if (poll(fds, hub.conn ? 2 : 1, noted ? 0 : timeout_ms) > 0 && (fds[0].revents & POLLIN))
 		while (read(hub.wake[0], drain, sizeof(drain)) == (ssize_t) sizeof(drain))
 			;
 	if (hub.conn == NULL)
@@ -651,7 +734,10 @@ HubWait(int timeout_ms)
 	return true;
 }
 
-/* the connection failed: say why, once per outage; streams end */
+/*
+ * The connection failed or a query did: say why, once per outage; streams
+ * end; wait a little before the next attempt.
+ */
 static void
 HubLost(int *failures)
 {
@@ -659,12 +745,13 @@ HubLost(int *failures)
 		AggrLog("warning", "event stream: %s",
 				hub.conn ? PQerrorMessage(hub.conn) : "out of memory");
 	HubDisconnect("database connection lost; resume with Last-Event-ID");
+	HubWait(RECONNECT_MS);
 }
 
 static void *
 HubMain(void *arg)
 {
-	int64_t		next_heartbeat = AggrNowUs() + HEARTBEAT_US;
+	int64_t		next_heartbeat = AggrNowUs() + aggr_config.stream_heartbeat_s * 1000000LL;
 	int			failures = 0;
 
 	(void) arg;
@@ -679,26 +766,24 @@ HubMain(void *arg)
 		pthread_mutex_unlock(&hub.lock);
 		if (stopping)
 			break;
-		if (hub.conn == NULL)
+		if (hub.conn == NULL && !HubConnect())
 		{
-			if (!HubConnect())
-			{
-				HubLost(&failures);
-				HubWait(RECONNECT_MS);
-				continue;
-			}
-			failures = 0;
+			HubLost(&failures);
+			continue;
 		}
 		if (!HubReadNews(&pending) || !HubCatchUp())
 		{
 			HubLost(&failures);
 			continue;
 		}
+		if (failures > 0)
+			AggrLog("info", "event stream restored");
+		failures = 0;
 		now = AggrNowUs();
 		if (now >= next_heartbeat)
 		{
 			ResumeStreams(PickForHeartbeat, NULL);
-			next_heartbeat = now + HEARTBEAT_US;
+			next_heartbeat = now + aggr_config.stream_heartbeat_s * 1000000LL;
 		}
 		if (!HubWait(pending ? PENDING_POLL_MS : (int) ((next_heartbeat - now) / 1000) + 1))
 			HubLost(&failures);
@@ -733,5 +818,13 @@ AggrStreamStop(void)
 	pthread_mutex_unlock(&hub.lock);
 	ResumeStreams(PickToEnd, (void *) "the server is shutting down; resume with Last-Event-ID");
 	WakeHub();
-	pthread_join(hub.thread, NULL);
+	/* a hub stuck on a database that does not answer must not hold the exit */
+	{
+		struct timespec deadline;
+
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_sec += 5;
+		if (pthread_timedjoin_np(hub.thread, NULL, &deadline) != 0)
+			AggrLog("warning", "event stream: the database did not answer; stopping without it");
+	}
 }

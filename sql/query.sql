@@ -23,6 +23,10 @@ SELECT count(*) FROM aggr_events(after => 1000000);
 -- a transaction that ingested holds it below its own events for others
 -- (specs/gapless_paging.spec), not for itself
 SELECT upto = (SELECT max(seq) FROM aggr.events) AS upto_is_last, pending FROM aggr_events_watermark();
+-- a page comes with the watermark it was cut at
+SELECT upto = (SELECT max(seq) FROM aggr.events) AS upto_is_last, pending,
+       array_length(events, 1) AS n, (events[1]).event_id AS first
+FROM aggr_events_page('topic_1', 2);
 BEGIN;
 SELECT aggr_ingest('{"topic": "own", "event_id": "o", "timestamp": 0, "source": "s"}') ->> 'unique' AS stored;
 SELECT event_id FROM aggr_events('own');
@@ -40,8 +44,8 @@ SELECT aggr_events(NULL, NULL);
 SELECT count(*) FROM aggr_events(NULL, 10000);
 
 -- the pages are served by indexes, not by sorting the table: EXPLAIN each
--- query aggr_events() itself runs, taken from its source, with its arguments
--- as parameters
+-- query aggr_events_page() runs to read a page, taken from its source, with
+-- its arguments as parameters (the cut at the watermark applies after)
 CREATE FUNCTION pg_temp.plans_of_aggr_events() RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     query text;
@@ -49,16 +53,15 @@ DECLARE
 BEGIN
     FOR query IN
         SELECT m[1] FROM pg_proc p,
-               regexp_matches(p.prosrc, 'RETURN QUERY\s+(SELECT [^;]*);', 'g') m
-        WHERE p.oid = 'aggr_events(text, integer, bigint)'::regprocedure
+               regexp_matches(p.prosrc, '\((SELECT e\.\* FROM aggr\.events e.*?"limit")\) p', 'g') m
+        WHERE p.oid = 'aggr_events_page(text, integer, bigint)'::regprocedure
     LOOP
         query := replace(replace(replace(query,
-                     'aggr_events.topic', '$1'), 'aggr_events.after', '$2'),
-                     'aggr_events."limit"', '$3');
-        query := replace(query, '<= upto', '<= $4');
-        EXECUTE 'PREPARE page(text, bigint, integer, bigint) AS ' || query;
+                     'aggr_events_page.topic', '$1'), 'aggr_events_page.after', '$2'),
+                     'aggr_events_page."limit"', '$3');
+        EXECUTE 'PREPARE page(text, bigint, integer) AS ' || query;
         RETURN NEXT regexp_replace(query, '\s+', ' ', 'g');
-        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10, 100)' LOOP
+        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10)' LOOP
             RETURN NEXT line;
         END LOOP;
         DEALLOCATE page;

@@ -28,7 +28,7 @@ use SidecarTest qw(new_node check_invariants start_sidecar stop_sidecar http
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-my $node = new_node('stream');
+my $node = new_node('stream', max_prepared_transactions => 2);
 
 # ---- a minimal SSE subscriber, many multiplexed in this process ----
 
@@ -71,19 +71,22 @@ sub sub_block
         $id    = $1 if $line =~ /^id: (\d+)$/;
         $data  = $1 if $line =~ /^data: (.*)$/;
         $event = $1 if $line =~ /^event: (.*)$/;
+        $s->{heartbeats}++ if $line =~ /^: heartbeat$/;
     }
+    # an id alone (the first message, a heartbeat) or a final event's id:
+    # where the stream stands, the Last-Event-ID to resume with
+    $s->{last} = $id if defined $id && (!defined $data || defined $event);
     if (defined $event && $event eq 'error')
     {
         push @{ $s->{errors} }, $data;
         return;
     }
-    return unless defined $id;
+    return unless defined $id && defined $data;
     my ($topic) = $data =~ /"topic" : "([^"]*)"/;
     my ($eid)   = $data =~ /"event_id" : "([^"]*)"/;
     $s->{dup}++ if $s->{ids}{$id}++;
     push @{ $s->{got} }, [ $id, $topic, $eid ];
     $s->{last} = $id;
-    $s->{first_at}{$id} = time() if $s->{stamp};
 }
 
 # read what there is; returns false when the connection ended
@@ -283,6 +286,43 @@ cmp_ok($n, '>=', 20 * 20000 + 180 * 1000, "subscribers got $n events in all");
 is(scalar(grep { @{ $_->{errors} } } @subs), 0, 'no stream ended early');
 check_invariants($node, 'after the stream');
 
+# a lower seq held open, then rolled back with no commit after it: the
+# event above it comes by the re-read while events wait (100 ms), not at
+# the next heartbeat (15 s)
+my $pend = new_sub(port => $port, name => 'pend', topic => 'pend', after => max_seq());
+$pend->{after} = $pend->{last};
+pump([$pend], sub { defined $pend->{status} }, 10);
+my $held = writer('held', "BEGIN;\n"
+      . "SELECT aggr_ingest('{\"topic\": \"pend\", \"event_id\": \"held\", \"timestamp\": 0, \"source\": \"s\"}');\n"
+      . "SELECT pg_sleep(1.5);\nROLLBACK;\n");
+usleep(500_000);
+$node->safe_psql('postgres',
+    q{SELECT aggr_ingest('{"topic": "pend", "event_id": "after", "timestamp": 0, "source": "s"}')});
+pump([$pend], sub { finished($held) }, 10);
+my $rolled_back = time();
+ok(pump([$pend], sub { @{ $pend->{got} } == 1 }, 5), 'an event waiting on a rollback arrives');
+cmp_ok(time() - $rolled_back, '<', 3, 'soon after the rollback, with no commit to wake the stream');
+is(join(',', map { $_->[2] } @{ $pend->{got} }), 'after', 'and the rolled-back one never');
+$pend->{stay_closed} = 1;
+close($pend->{sock});
+
+# a prepared transaction holds the watermark like an open one; a transaction
+# that notified cannot PREPARE, so aggr.notify = off is how 2PC ingests
+my ($rc, $prep_out, $err) = $node->psql('postgres',
+    "BEGIN; SELECT aggr_ingest('{\"topic\": \"tpc\", \"event_id\": \"n\", \"timestamp\": 0, \"source\": \"s\"}'); PREPARE TRANSACTION 'tpc_notify';");
+like($err, qr/cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY/,
+    'an ingest that notified cannot PREPARE');
+$node->safe_psql('postgres',
+    "SET aggr.notify = off; BEGIN; SELECT aggr_ingest('{\"topic\": \"tpc\", \"event_id\": \"p\", \"timestamp\": 0, \"source\": \"s\"}'); PREPARE TRANSACTION 'tpc';");
+# (another topic: the prepared transaction holds its topic's counter row)
+$node->safe_psql('postgres',
+    q{SELECT aggr_ingest('{"topic": "tpc2", "event_id": "later", "timestamp": 0, "source": "s"}')});
+my $tpc_page = q{SELECT coalesce(string_agg(event_id, ',' ORDER BY seq), '')
+                 FROM aggr_events(NULL, 10000, (SELECT max(seq) FROM aggr.events WHERE topic = 'pend'))};
+is($node->safe_psql('postgres', $tpc_page), '', 'a page stops below a prepared transaction');
+$node->safe_psql('postgres', "COMMIT PREPARED 'tpc'");
+is($node->safe_psql('postgres', $tpc_page), 'p,later', 'and goes on once it commits');
+
 # ---- 2. an immediate restart of PostgreSQL mid-stream ----
 
 my @rsubs = map {
@@ -304,8 +344,14 @@ is(scalar(grep { grep { /database connection lost/ } @{ $_->{errors} } } @rsubs)
 cmp_ok(scalar(grep { $_->{connects} >= 2 } @rsubs), '==', 20, 'and each resumed');
 check_exact('across a restart', \@rsubs);
 check_invariants($node, 'after the restart');
-$_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } @subs, @rsubs;
-is(stop_sidecar($sc), 0, 'sidecar stops cleanly with streams open');
+$_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } @subs;
+# shutdown with the restart's subscribers reading: each is told
+$_->{stay_closed} = 1 for @rsubs;
+kill 'TERM', $sc->{pid};
+ok(pump(\@rsubs, sub { !grep { $_->{sock} } @rsubs }, 30), 'on SIGTERM every stream ends');
+is(scalar(grep { grep { /shutting down/ } @{ $_->{errors} } } @rsubs), 20,
+    'each with a final event saying so');
+is(stop_sidecar($sc), 0, 'and the sidecar exits 0');
 
 # ---- 3. a subscriber that reads nothing, and one far behind ----
 
@@ -315,7 +361,16 @@ wait_for(sub { http($port, 'GET', '/healthz')->{status} == 200 }, 30);
 my $start = max_seq();
 my $stuck = new_sub(port => $port, name => 'stuck', after => $start, rcvbuf => 4096);
 my $live = new_sub(port => $port, name => 'live', after => $start);
-pump([ $stuck, $live ], sub { defined $stuck->{status} && defined $live->{status} }, 30);
+# idle while the burst turns the ring over many times: behind, not slow
+my $rare = new_sub(port => $port, name => 'rare', topic => 'rare', after => $start);
+pump([ $stuck, $live, $rare ], sub { !grep { !defined $_->{status} } $stuck, $live, $rare }, 30);
+# the stuck one first fills its socket, so that it is behind while the
+# burst comes, not idle (an idle one is only behind: it catches up)
+$node->safe_psql('postgres',
+    "SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'big', 'event_id', 'pre-' || g, "
+      . "'timestamp', 0, 'source', 'tap', 'payload', jsonb_build_object('pad', repeat('x', 2000))))) "
+      . "FROM generate_series(1, 200) g");
+pump([ $live, $rare ], sub { caught_up([$live]) }, 30);
 my $rss_before = rss_kb($sc->{pid});
 # 12,000 events of 2 kB (24 MB): far more than the ring and the socket
 # buffers hold
@@ -323,12 +378,16 @@ my $big = writer('big', join('', map {
     "SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'big', 'event_id', 'b-' || g, "
       . "'timestamp', 0, 'source', 'tap', 'payload', jsonb_build_object('pad', repeat('x', 2000))))) "
       . "FROM generate_series(" . ($_ * 200) . ", " . ($_ * 200 + 199) . ") g;\n"
+      . ($_ == 30 ? "SELECT aggr_ingest('{\"topic\": \"rare\", \"event_id\": \"r\", \"timestamp\": 0, \"source\": \"s\"}');\n" : '')
 } 0 .. 59));
-pump([$live], sub { finished($big) && caught_up([$live]) }, 60);
+pump([ $live, $rare ], sub { finished($big) && caught_up([ $live, $rare ]) }, 60);
 ok(caught_up([$live]), 'a reading subscriber gets everything while another reads nothing');
 check_exact('beside a stuck subscriber', [$live]);
 is(scalar(@{ $live->{errors} }) . " errors, $live->{connects} connection", '0 errors, 1 connection',
     'the reading subscriber was never dropped');
+check_exact('an idle topic through the burst', [$rare]);
+is(scalar(@{ $rare->{errors} }) . " errors, $rare->{connects} connection", '0 errors, 1 connection',
+    'the idle subscriber was never dropped');
 my $rss_after = rss_kb($sc->{pid});
 cmp_ok($rss_after - $rss_before, '<', 20 * 1024,
     "the sidecar's memory stays bounded (RSS $rss_before kB -> $rss_after kB)");
@@ -345,12 +404,12 @@ my $late = new_sub(port => $port, name => 'late', after => $resume // 0);
 ok(pump([$late], sub { caught_up([$late]) }, 60), 'a subscriber far behind the ring catches up');
 $late->{after} = $resume // 0;
 check_exact('caught up from the database', [$late]);
-$_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } $live, $late;
+$_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } $live, $late, $rare;
 
 # ---- 4. the cap, the token, aggr-tail ----
 
 stop_sidecar($sc);
-$sc = start_sidecar($node, args => [ '--max-streams=2', '--read-token=rt' ]);
+$sc = start_sidecar($node, args => [ '--max-streams=2', '--read-token=rt', '--stream-heartbeat=1' ]);
 $port = $sc->{port};
 wait_for(sub { http($port, 'GET', '/healthz')->{status} == 200 }, 30);
 my $anon = new_sub(port => $port, name => 'anon');
@@ -359,6 +418,9 @@ is($anon->{status}, 401, 'the read token guards the stream');
 my @capped = map { new_sub(port => $port, name => "c$_", token => 'rt') } 1 .. 3;
 pump(\@capped, sub { !grep { !defined $_->{status} } @capped }, 10);
 is(join(',', sort map { $_->{status} } @capped), '200,200,503', '--max-streams caps subscribers (503 beyond)');
+my ($idle) = grep { $_->{status} == 200 } @capped;
+ok(pump([$idle], sub { ($idle->{heartbeats} // 0) >= 2 }, 5), 'an idle stream gets a heartbeat every --stream-heartbeat');
+like($idle->{last} // '', qr/^\d+$/, 'which carries where the stream stands');
 $_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } @capped;
 # (an idle stream notices its client left at the next heartbeat, 15 s on)
 stop_sidecar($sc);
