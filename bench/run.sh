@@ -16,13 +16,14 @@
 #   stream   aggr_ingest as above with 200 GET /events/stream subscribers
 #            reading (20 per topic) vs none; commit-to-subscriber latency of
 #            one-event probes under that load; sidecar RSS with 1,000 idle
-#            streams (BENCH_STREAM=0 leaves it out)
+#            streams
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
 # (35 % duplicates), the same batches for every workload (make_batches).
 # SQL runs alternate raw and ingest three times, broker runs drain and
 # publish three times; each keeps its median.
-# BENCH_SIZES="20000 1000000" and BENCH_LARGE=1 (aggr_ingest at 10 M stored
+# BENCH_SIZES="20000 1000000", BENCH_PHASES="sql http stream broker" (a
+# subset runs only those) and BENCH_LARGE=1 (aggr_ingest at 10 M stored
 # events) tune it.  Results: bench/out/results.{csv,md} and results.png.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +32,8 @@ aggr_install_deps
 . "$src/tools/servers.sh"
 
 sizes=${BENCH_SIZES:-"20000 200000 1000000"}
+phases=${BENCH_PHASES:-"sql http stream broker"}
+phase() { [[ " $phases " == *" $1 "* ]]; }
 out="$src/bench/out"
 mkdir -p "$out"
 csv="$out/results.csv"
@@ -107,6 +110,7 @@ json_field() { perl -MJSON::PP -e 'my $j = decode_json(join("", <STDIN>)); my $v
 peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 sql -c "CREATE EXTENSION aggr; CREATE TABLE raw_events (LIKE aggr.events INCLUDING ALL)" >/dev/null
+if phase sql; then
 echo "=== SQL: raw ceiling and aggr_ingest (2 clients, batches of 500, 35 % duplicates)"
 for n in $sizes; do
     make_batches "$n"
@@ -121,7 +125,9 @@ for n in $sizes; do
     record raw "$n" "$raw" "" "" ""
     record ingest "$n" "$ingest" "" "" ""
 done
+fi
 
+if phase http; then
 echo "=== HTTP: POST /publish in direct mode (sidecar, 2 connections), JSON arrays and gzip NDJSON"
 for n in $sizes; do
     raw_var="raw_$n"; raw=${!raw_var}
@@ -138,14 +144,16 @@ for n in $sizes; do
         sidecar_stop
     done
 done
+fi
 
-if [ "${BENCH_STREAM:-1}" = 1 ]; then
+if phase stream; then
     echo "=== Event stream: aggr_ingest with 200 subscribers vs none, delivery latency, 1,000 idle streams"
     n=200000
     raw_var="raw_$n"; raw=${!raw_var:-}
     [ -n "$raw" ] || { make_batches "$n"; raw=$(pgbench_rate "$src/bench/raw.sql" "$n"); }
     [ "$(sql -c 'SELECT count(*) FROM bench_batches')" = $(( n / 500 )) ] || make_batches "$n"
-    sidecar_start --threads 2 --max-streams 1200 --max-conns 1300 --max-conns-per-ip 1300
+    sidecar_start --threads 2 --max-streams 1200 --max-conns 1300 --max-conns-per-ip 1300 --stream-heartbeat 1
+    cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
     subscribers_start() {   # 200 subscribers, 20 on each of the bench's 10 topics
         perl "$src/bench/stream.pl" subscribe "$AGGR_HTTP_PORT" 200 600 > "$AGGR_STATE/subscribers.out" &
         subscribers_pid=$!
@@ -154,13 +162,20 @@ if [ "${BENCH_STREAM:-1}" = 1 ]; then
             sleep 0.1
         done
     }
-    subscribers_stop() { kill -TERM "$subscribers_pid"; wait "$subscribers_pid" || true; }
+    # the sidecar sees a gone subscriber at its next heartbeat (1 s here)
+    subscribers_stop() {
+        kill -TERM "$subscribers_pid"; wait "$subscribers_pid" || true
+        until curl -s "http://127.0.0.1:$AGGR_HTTP_PORT/metrics" | grep -q '^aggr_http_streams 0$'; do sleep 0.2; done
+    }
     nones=() withs=()
     for rep in 1 2 3; do
         nones+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
         subscribers_start
+        cpu0=$(cpu_s "$AGGR_SIDECAR_PID")
         withs+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
+        echo "  run $rep: sidecar $(awk -v a="$cpu0" -v b="$(cpu_s "$AGGR_SIDECAR_PID")" 'BEGIN { printf "%.2f", b - a }') s of CPU"
         subscribers_stop
+        echo "  run $rep: the subscribers' client: $(tail -n 1 "$AGGR_STATE/subscribers.out")"
     done
     record stream_none "$n" "$(printf '%s\n' "${nones[@]}" | median)" "" "" ""
     # latency from commit to a subscriber of one-event probes, while 2
@@ -186,6 +201,7 @@ if [ "${BENCH_STREAM:-1}" = 1 ]; then
     sidecar_stop
 fi
 
+if phase broker; then
 echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
 # the shipped default of aggr.worker_count (4); each consumer waits on two
 # fsyncs per batch (Redis appendfsync always, then COMMIT), so 2 would idle
@@ -263,6 +279,7 @@ for n in $sizes; do
     rss=$(printf '%s\n' "${publishes[@]}" | awk '$4 > m { m = $4 } END { print m }')
     record publish "$n" "$rate" "$p50" "$p99" "$rss"
 done
+fi
 
 if [ "${BENCH_LARGE:-0}" = 1 ]; then
     echo "=== aggr_ingest with 10,000,000 events already stored"

@@ -83,7 +83,8 @@ if ($mode eq 'subscribe')
             $bytes += $got;
         }
     }
-    print "read $bytes bytes\n";
+    my ($user, $system) = times();
+    printf "read %d bytes, %.2f s of CPU\n", $bytes, $user + $system;
 }
 elsif ($mode eq 'latency')
 {

@@ -3,7 +3,7 @@
  * - Gapless paging: aggr_events() pages end at the watermark of
  *   aggr_events_watermark(), so an event whose transaction commits after a
  *   later one is never skipped by a reader paging with after;
- *   aggr_events_page() returns a page with the watermark it was cut at.
+ *   aggr_events_page() returns a page and the watermark it was cut at.
  *   The ingest notifies channel aggr_events after each commit that stored
  *   events (aggr.notify).
  * - The new functions are granted to nobody (a grant made here would count as
@@ -23,18 +23,23 @@ COMMENT ON FUNCTION aggr_events_watermark() IS
 /*
  * One page of events after a seq, cut at the watermark (watermark.h): paging
  * by after never skips an event that commits late.  The page is read by the
- * index, then cut at the watermark W; it is returned with W, since W can go
- * down between two readings: every event with after < seq <= upto is in
- * events unless the page is full ("limit" elements), and then every one up
- * to its last seq.  VOLATILE: the page's query takes its snapshot after W
- * is read, which a STABLE function's would not.
+ * index, then cut at the watermark W.  Rows: the page's events in seq order,
+ * then one row whose event is NULL, there even for an empty page; each
+ * carries W (upto), which can go down between two readings, so a follower
+ * goes on from the W its page was cut at: every event with after < seq <=
+ * upto is on the page unless it holds "limit" events (then every one up to
+ * its last seq).  VOLATILE: the page's query takes its snapshot after W is
+ * read, which a STABLE function's would not.
  */
 CREATE FUNCTION aggr_events_page(topic text DEFAULT NULL, "limit" integer DEFAULT 1000,
-                                 after bigint DEFAULT NULL,
-                                 OUT upto bigint, OUT pending boolean, OUT events aggr.events[])
+                                 after bigint DEFAULT NULL)
+    RETURNS TABLE (upto bigint, pending boolean, event aggr.events)
     LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cut bigint;
+    waiting boolean;
 BEGIN
     IF aggr_events_page."limit" IS NULL OR aggr_events_page."limit" NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 10000'
@@ -54,25 +59,28 @@ BEGIN
                   DETAIL = 'A standby does not see which transactions of the primary are still storing events, so a page could skip one.',
                   HINT = 'Read events from the primary, or query aggr.events directly knowing that.';
     END IF;
-    SELECT w.upto, w.pending INTO upto, pending FROM @extschema@.aggr_events_watermark() w;
+    SELECT w.upto, w.pending INTO cut, waiting FROM @extschema@.aggr_events_watermark() w;
     IF aggr_events_page.topic IS NULL THEN
-        SELECT coalesce(pg_catalog.array_agg(p ORDER BY p.seq), '{}') INTO events
-        FROM (SELECT e.* FROM aggr.events e
-              WHERE e.seq > coalesce(aggr_events_page.after, 0)
-              ORDER BY e.seq LIMIT aggr_events_page."limit") p
-        WHERE p.seq <= upto;
+        RETURN QUERY
+            SELECT cut, waiting, p::aggr.events
+            FROM (SELECT e.* FROM aggr.events e
+                  WHERE e.seq > coalesce(aggr_events_page.after, 0)
+                  ORDER BY e.seq LIMIT aggr_events_page."limit") p
+            WHERE p.seq <= cut ORDER BY p.seq;
     ELSE
-        SELECT coalesce(pg_catalog.array_agg(p ORDER BY p.seq), '{}') INTO events
-        FROM (SELECT e.* FROM aggr.events e
-              WHERE e.topic = aggr_events_page.topic
-                AND e.seq > coalesce(aggr_events_page.after, 0)
-              ORDER BY e.seq LIMIT aggr_events_page."limit") p
-        WHERE p.seq <= upto;
+        RETURN QUERY
+            SELECT cut, waiting, p::aggr.events
+            FROM (SELECT e.* FROM aggr.events e
+                  WHERE e.topic = aggr_events_page.topic
+                    AND e.seq > coalesce(aggr_events_page.after, 0)
+                  ORDER BY e.seq LIMIT aggr_events_page."limit") p
+            WHERE p.seq <= cut ORDER BY p.seq;
     END IF;
+    RETURN QUERY SELECT cut, waiting, NULL::aggr.events;
 END
 $$;
 COMMENT ON FUNCTION aggr_events_page(text, integer, bigint) IS
-    'aggr: a page of events after a seq, never past a later commit, with the watermark it was cut at';
+    'aggr: a page of events after a seq, never past a later commit, then a row with the watermark it was cut at';
 
 CREATE OR REPLACE FUNCTION aggr_events(topic text DEFAULT NULL, "limit" integer DEFAULT 1000,
                             after bigint DEFAULT NULL)
@@ -80,10 +88,8 @@ CREATE OR REPLACE FUNCTION aggr_events(topic text DEFAULT NULL, "limit" integer 
     LANGUAGE sql VOLATILE PARALLEL RESTRICTED
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT (p.events[i]).*
-    FROM @extschema@.aggr_events_page(topic, "limit", after) p,
-         pg_catalog.generate_subscripts(p.events, 1) i
-    ORDER BY i
+    SELECT (p.event).* FROM @extschema@.aggr_events_page(topic, "limit", after) p
+    WHERE (p.event).seq IS NOT NULL ORDER BY (p.event).seq
 $$;
 COMMENT ON FUNCTION aggr_events(text, integer, bigint) IS
     'aggr: stored events oldest first, optionally of one topic, after the seq of the previous page, never past a later commit';

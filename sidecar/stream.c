@@ -107,6 +107,7 @@ static struct
 	int			wake[2];		/* a byte wakes the hub */
 	pthread_t	thread;
 	PGconn	   *conn;			/* the hub thread's alone */
+	bool		prepared;		/* page_sql is prepared on conn */
 }			hub = {.lock = PTHREAD_MUTEX_INITIALIZER,.wake = {-1, -1}};
 
 static void
@@ -496,6 +497,16 @@ HubDisconnect(const char *why)
  * an empty page.  upto is the watermark the page was cut at: a later one
  * may be lower (watermark.h), so the page is continued from this one.
  */
+static const char page_sql[] =
+"WITH page AS (SELECT p.upto, p.pending, e.seq, e.topic, " AGGR_EVENT_JSON_SQL " AS j "
+"FROM aggr_events_page($1, $2::integer, $3::bigint) p, LATERAL (SELECT (p.event).*) e), "
+"sized AS (SELECT seq, topic, j, sum(octet_length(j)) OVER (ORDER BY seq) "
+"- octet_length(j) AS before FROM page WHERE seq IS NOT NULL) "
+"SELECT w.upto, w.pending, (SELECT count(*) FROM sized) = $2::integer "
+"OR EXISTS (SELECT 1 FROM sized WHERE before >= $4::bigint), s.seq, s.topic, s.j "
+"FROM (SELECT upto, pending FROM page WHERE seq IS NULL) w "
+"LEFT JOIN sized s ON s.before < $4::bigint ORDER BY s.seq";
+
 static PGresult *
 ReadPage(const char *topic, int limit, int64_t after)
 {
@@ -508,17 +519,16 @@ ReadPage(const char *topic, int limit, int64_t after)
 	snprintf(limit_txt, sizeof(limit_txt), "%d", limit);
 	snprintf(after_txt, sizeof(after_txt), "%" PRId64, after);
 	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", aggr_config.max_page_bytes);
-	res = PQexecParams(hub.conn,
-					   "WITH page AS (SELECT * FROM aggr_events_page($1, $2::integer, $3::bigint)), "
-					   "rows AS (SELECT e.seq, e.topic, " AGGR_EVENT_JSON_SQL " AS j "
-					   "FROM page, unnest(page.events) AS e), "
-					   "sized AS (SELECT seq, topic, j, sum(octet_length(j)) OVER (ORDER BY seq) "
-					   "- octet_length(j) AS before FROM rows) "
-					   "SELECT page.upto, page.pending, cardinality(page.events) = $2::integer "
-					   "OR EXISTS (SELECT 1 FROM sized WHERE before >= $4::bigint), "
-					   "s.seq, s.topic, s.j FROM page LEFT JOIN sized s ON s.before < $4::bigint "
-					   "ORDER BY s.seq",
-					   4, NULL, values, NULL, NULL, 0);
+	/* prepared once per connection: a wake-up is one execution, not a plan */
+	if (!hub.prepared)
+	{
+		res = PQprepare(hub.conn, "aggr_stream_page", page_sql, 4, NULL);
+		hub.prepared = PQresultStatus(res) == PGRES_COMMAND_OK;
+		PQclear(res);
+		if (!hub.prepared)
+			return NULL;
+	}
+	res = PQexecPrepared(hub.conn, "aggr_stream_page", 4, values, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
 	{
 		PQclear(res);
@@ -565,6 +575,7 @@ HubConnect(void)
 	bool		ok;
 
 	hub.conn = PQconnectdbParams(keys, vals, 1);
+	hub.prepared = false;
 	if (PQstatus(hub.conn) != CONNECTION_OK)
 		return false;
 	PQsetNoticeProcessor(hub.conn, LogNotice, NULL);

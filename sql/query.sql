@@ -25,7 +25,7 @@ SELECT count(*) FROM aggr_events(after => 1000000);
 SELECT upto = (SELECT max(seq) FROM aggr.events) AS upto_is_last, pending FROM aggr_events_watermark();
 -- a page comes with the watermark it was cut at
 SELECT upto = (SELECT max(seq) FROM aggr.events) AS upto_is_last, pending,
-       array_length(events, 1) AS n, (events[1]).event_id AS first
+       (event).event_id, (event).seq IS NULL AS last_row
 FROM aggr_events_page('topic_1', 2);
 BEGIN;
 SELECT aggr_ingest('{"topic": "own", "event_id": "o", "timestamp": 0, "source": "s"}') ->> 'unique' AS stored;
