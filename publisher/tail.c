@@ -47,7 +47,8 @@ typedef struct Tail
 	AggrBuf		line;			/* the line being read */
 	AggrBuf		data;			/* the event's data lines */
 	AggrBuf		event;			/* its event: field */
-	int64_t		event_id;		/* its id: field, -1 if none */
+	int64_t		event_id;		/* its id: field, -1 if none, -2 if empty */
+	long long	messages;		/* messages read on this connection */
 	long		status;
 	CURL	   *easy;
 	bool		done;
@@ -134,6 +135,9 @@ Dispatch(Tail *t)
 	 */
 	if (t->event_id >= 0)
 		t->last_id = t->event_id;
+	else if (t->event_id == -2)
+		t->last_id = -1;
+	t->messages++;
 	AggrBufReset(&t->data);
 	AggrBufReset(&t->event);
 	t->event_id = -1;
@@ -158,7 +162,16 @@ Field(Tail *t, const char *line, size_t len)
 		AggrBufAppend(&t->data, value, value_len);
 	}
 	else if (name_len == 2 && memcmp(line, "id", 2) == 0)
-		t->event_id = strtoll(value, NULL, 10);
+	{
+		char	   *end;
+		long long	id = strtoll(value, &end, 10);
+
+		/* an empty id forgets the position (SSE); a malformed one is ignored */
+		if (value_len == 0)
+			t->event_id = -2;
+		else if (end == value + value_len && id >= 0)
+			t->event_id = id;
+	}
 	else if (name_len == 5 && memcmp(line, "event", 5) == 0)
 	{
 		AggrBufReset(&t->event);
@@ -166,9 +179,12 @@ Field(Tail *t, const char *line, size_t len)
 	}
 	else if (name_len == 5 && memcmp(line, "retry", 5) == 0)
 	{
-		long		ms = strtol(value, NULL, 10);
+		char	   *end;
+		long		ms = strtol(value, &end, 10);
 
-		t->retry_ms = ms < 100 ? 100 : ms > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : ms;
+		/* digits only, as SSE says; kept within reason */
+		if (value_len > 0 && end == value + value_len && ms >= 0)
+			t->retry_ms = ms < 100 ? 100 : ms > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : ms;
 	}
 }
 
@@ -250,6 +266,7 @@ Follow(Tail *t)
 	AggrBufReset(&t->data);
 	AggrBufReset(&t->event);
 	t->event_id = -1;
+	t->messages = 0;
 	rc = curl_easy_perform(t->easy);
 	if (t->status == 0)
 		curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->status);
@@ -360,8 +377,8 @@ main(int argc, char **argv)
 			break;
 		if (status == 401 || status == 400 || status == 404)
 			return 2;			/* asking again would not help */
-		/* a stream that was open was a success: count failures anew */
-		failures = status == 200 ? 0 : failures + 1;
+		/* a stream that said something was a success: count failures anew */
+		failures = status == 200 && t.messages > 0 ? 0 : failures + 1;
 		if (t.max_reconnects >= 0 && failures > t.max_reconnects)
 		{
 			fprintf(stderr, "aggr-tail: giving up after %ld reconnects\n", failures - 1);

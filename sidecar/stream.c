@@ -60,6 +60,7 @@
 #define RECONNECT_MS 1000
 #define RETRY_MS 1000			/* the SSE retry: clients wait this long */
 #define STREAM_SNDBUF (64 * 1024)	/* a stream socket's kernel send buffer */
+#define SLOW_US 1000000			/* behind and not served this long: too slow */
 
 typedef struct RingEvent
 {
@@ -76,6 +77,8 @@ typedef struct Stream
 	struct MHD_Connection *conn;
 	char	   *topic;			/* NULL: every topic */
 	int64_t		pos;
+	int64_t		served_us;		/* last asked for more (Refill), or was woken */
+	unsigned	fetch_pass;		/* the hub pass that read its last page */
 	bool		started;		/* the retry line was sent */
 	bool		suspended;
 	bool		catching_up;	/* reads pages from the database */
@@ -232,6 +235,10 @@ FillFromRing(Stream *s, size_t max)
 static bool
 Refill(Stream *s, size_t max)
 {
+	int64_t		now = AggrNowUs();
+	int64_t		idle_us = now - s->served_us;
+
+	s->served_us = now;
 	if (!s->started)
 	{
 		AggrBufPrintf(&s->out, "retry: %d\nid: %" PRId64 "\n\n", RETRY_MS, s->pos);
@@ -245,6 +252,24 @@ Refill(Stream *s, size_t max)
 		AppendFinalEvent(s);
 		return true;
 	}
+
+	/*
+	 * Behind the ring.  One whose socket took nothing for a while is too
+	 * slow; one that was only not yet run (just woken, just opened) is caught
+	 * up from the table.  Decided before a heartbeat, which would make the
+	 * stream look served.
+	 */
+	if (s->pos < hub.floor && !s->catching_up)
+	{
+		if (idle_us > SLOW_US)
+		{
+			s->end_reason = "subscriber too slow: it fell more than --stream-buffer behind; resume after resume_after";
+			AggrMetricsStreams(0, 1);
+			AppendFinalEvent(s);
+			return true;
+		}
+		s->catching_up = true;
+	}
 	if (s->heartbeat)
 	{
 		s->heartbeat = false;
@@ -253,13 +278,6 @@ Refill(Stream *s, size_t max)
 	}
 	if (s->pos < hub.floor)
 	{
-		if (!s->catching_up)
-		{
-			s->end_reason = "subscriber too slow: it fell more than --stream-buffer behind; resume after resume_after";
-			AggrMetricsStreams(0, 1);
-			AppendFinalEvent(s);
-			return true;
-		}
 		if (!s->fetching && !s->fetch_wanted)
 		{
 			s->fetch_wanted = true;
@@ -378,6 +396,7 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	s->topic = topic ? AggrStrdup(topic) : NULL;
 	s->pos = after >= 0 ? after : hub.cursor;
 	s->catching_up = s->pos < hub.floor;
+	s->served_us = AggrNowUs();
 	AggrBufInit(&s->out, 1024);
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
 											 StreamRead, s, StreamFree);
@@ -395,6 +414,7 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	hub.nstreams++;
 	AggrMetricsStreams(1, 0);
 	pthread_mutex_unlock(&hub.lock);
+	WakeHub();					/* the hub may be resting, reading nothing */
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
 	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
@@ -419,6 +439,7 @@ ResumeStreams(bool (*pick) (Stream *s, void *arg), void *arg)
 		if (pick(s, arg) && s->suspended)
 		{
 			s->suspended = false;
+			s->served_us = AggrNowUs();
 			conns[n++] = s->conn;
 		}
 	pthread_mutex_unlock(&hub.lock);
@@ -465,7 +486,7 @@ PickForNews(Stream *s, void *arg)
 		if (TopicMatches(s, RingAt(i)->topic))
 			return true;
 	/* nothing for it: it has seen everything up to the cursor */
-	if (s->suspended && s->pos >= before)
+	if (s->suspended && s->pos >= before && s->pos < hub.cursor)
 		s->pos = hub.cursor;
 	return false;
 }
@@ -563,6 +584,28 @@ LogNotice(void *arg, const char *message)
 	AggrLog("notice", "event stream connection: %s", message);
 }
 
+/*
+ * The events' sequence went back below the ring (the extension was dropped
+ * and created again): start over from now, or new events would wait until
+ * their seq passed the old cursor.  Only a page with nothing pending tells:
+ * its watermark is then the sequence's last value, not a writer's key.
+ * hub.lock held; true when it started over (the caller ends the streams).
+ */
+static bool
+ForgetIfRestarted(const PGresult *res)
+{
+	int64_t		upto = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+
+	if (PQgetvalue(res, 0, 1)[0] == 't' || upto >= hub.floor)
+		return false;
+	AggrLog("warning", "event stream: the events' seq went back from %" PRId64 " to %" PRId64
+			" (was aggr re-created?); following from there", hub.cursor, upto);
+	while (hub.count > 0)
+		RingDropOldest();
+	hub.floor = hub.cursor = upto;
+	return true;
+}
+
 static bool
 HubConnect(void)
 {
@@ -595,6 +638,9 @@ HubConnect(void)
 	/* the first connection starts from now; a new one goes on where it was */
 	if (hub.cursor == 0 && hub.count == 0)
 		hub.floor = hub.cursor = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	else
+		(void) ForgetIfRestarted(res);	/* the streams ended with the
+										 * connection */
 	hub.connected = true;
 	pthread_mutex_unlock(&hub.lock);
 	PQclear(res);
@@ -616,6 +662,7 @@ HubReadNews(bool *pending)
 		PGresult   *res;
 		int			n;
 		bool		cut;
+		bool		came;
 
 		/*
 		 * Nobody listens: nothing to read.  A subscriber that comes starts
@@ -630,12 +677,15 @@ HubReadNews(bool *pending)
 			if ((res = ReadPage(NULL, 1, INT64_MAX)) == NULL)
 				return false;
 			pthread_mutex_lock(&hub.lock);
-			if (hub.nstreams == 0)
+			came = hub.nstreams > 0;	/* one came meanwhile: read for it */
+			if (!came)
 				hub.floor = hub.cursor = PageEnd(res, hub.cursor);
 			pthread_mutex_unlock(&hub.lock);
 			*pending = PQgetvalue(res, 0, 1)[0] == 't';
 			PQclear(res);
-			return true;
+			if (!came)
+				return true;
+			continue;
 		}
 		pthread_mutex_unlock(&hub.lock);
 
@@ -645,6 +695,13 @@ HubReadNews(bool *pending)
 		cut = PQgetvalue(res, 0, 2)[0] == 't';
 		*pending = PQgetvalue(res, 0, 1)[0] == 't';
 		pthread_mutex_lock(&hub.lock);
+		if (n == 0 && ForgetIfRestarted(res))
+		{
+			pthread_mutex_unlock(&hub.lock);
+			PQclear(res);
+			ResumeStreams(PickToEnd, (void *) "the events were reset (aggr was re-created); resume with after=0");
+			return true;
+		}
 		for (int i = 0; i < n; i++)
 			RingAppend(strtoll(PQgetvalue(res, i, 3), NULL, 10), PQgetvalue(res, i, 4),
 					   PQgetvalue(res, i, 5), PQgetlength(res, i, 5));
@@ -659,24 +716,35 @@ HubReadNews(bool *pending)
 	return true;
 }
 
-/* one page for each stream that catches up; false when the connection failed */
+/*
+ * One page for each stream that catches up, once per pass, so that the
+ * news and the heartbeats go on meanwhile; false when the connection
+ * failed.  A page that brought a stream no further (its watermark was below
+ * the ring's floor, held there by an open transaction) is asked again after
+ * the pending re-read's wait, not at once: *pending.
+ */
 static bool
-HubCatchUp(void)
+HubCatchUp(bool *pending)
 {
+	static unsigned pass;
+
+	pass++;
 	for (;;)
 	{
 		Stream	   *s = NULL;
 		char	   *topic;
 		int64_t		after;
 		PGresult   *res;
+		bool		stuck = false;
 
 		pthread_mutex_lock(&hub.lock);
 		for (Stream *c = hub.streams; c && s == NULL; c = c->next)
-			if (c->fetch_wanted && !c->end_reason)
+			if (c->fetch_wanted && !c->end_reason && c->fetch_pass != pass)
 				s = c;
 		if (s)
 		{
 			s->fetch_wanted = false;
+			s->fetch_pass = pass;
 			s->fetching = true;
 			topic = s->topic ? AggrStrdup(s->topic) : NULL;
 			after = s->pos;
@@ -701,12 +769,18 @@ HubCatchUp(void)
 				AggrBufAppendStr(&s->out, "\n\n");
 			}
 			s->pos = PageEnd(res, after);
+			if (s->pos == after && s->pos < hub.floor)
+			{
+				s->fetch_wanted = stuck = true;
+				*pending = true;
+			}
 		}
 		pthread_mutex_unlock(&hub.lock);
 		if (res == NULL)
 			return false;
 		PQclear(res);
-		ResumeStreams(PickCaughtUp, NULL);
+		if (!stuck)
+			ResumeStreams(PickCaughtUp, NULL);
 	}
 	return true;
 }
@@ -782,7 +856,7 @@ HubMain(void *arg)
 			HubLost(&failures);
 			continue;
 		}
-		if (!HubReadNews(&pending) || !HubCatchUp())
+		if (!HubReadNews(&pending) || !HubCatchUp(&pending))
 		{
 			HubLost(&failures);
 			continue;
