@@ -41,4 +41,7 @@ extern void AggrBufFree(AggrBuf *buf);
  */
 extern void AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len);
 
+/* Sleeps this many milliseconds (fractions allowed). */
+extern void AggrSleepMs(double ms);
+
 #endif							/* AGGR_COMMON_H */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aggr_common.h"
 
@@ -239,4 +240,16 @@ AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len)
 		}
 	}
 	AggrBufAppend(buf, "\"", 1);
+}
+
+void
+AggrSleepMs(double ms)
+{
+	struct timespec ts;
+
+	if (ms <= 0)
+		return;
+	ts.tv_sec = (time_t) (ms / 1000);
+	ts.tv_nsec = (long) ((ms - ts.tv_sec * 1000.0) * 1e6);
+	nanosleep(&ts, NULL);
 }

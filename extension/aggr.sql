@@ -151,6 +151,7 @@ BEGIN
                   HINT = 'Read events from the primary, or query aggr.events directly knowing that.';
     END IF;
     SELECT w.upto, w.pending INTO cut, waiting FROM @extschema@.aggr_events_watermark() w;
+    -- two queries, so that each is planned for its own index
     IF aggr_events_page.topic IS NULL THEN
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events

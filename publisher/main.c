@@ -16,14 +16,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "gen.h"
@@ -343,14 +341,6 @@ ParseOptions(int argc, char **argv, Options *o)
 
 /* ---------- readiness and /stats ---------- */
 
-static void
-Sleep(double ms)
-{
-	struct timespec ts = {(time_t) (ms / 1000), (long) (fmod(ms, 1000) * 1e6)};
-
-	nanosleep(&ts, NULL);
-}
-
 /* Poll until the server (and Redis, with --via redis) is ready, bounded. */
 static bool
 WaitReady(const Options *o, const AggrRedisTarget *redis)
@@ -381,7 +371,7 @@ WaitReady(const Options *o, const AggrRedisTarget *redis)
 		}
 		if (ready || AggrNowMs() >= deadline)
 			break;
-		Sleep(250);
+		AggrSleepMs(250);
 	}
 	AggrBufFree(&body);
 	if (!ready)
@@ -539,7 +529,7 @@ VerifyAfter(const Options *o, const AggrRun *run, Verify *v)
 					 o->verify_timeout_s, v->after.queue_depth);
 			break;
 		}
-		Sleep(POLL_INTERVAL_MS);
+		AggrSleepMs(POLL_INTERVAL_MS);
 	}
 	v->waited_s = (AggrNowMs() - start) / 1000;
 	if (!have)

@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
@@ -201,13 +200,14 @@ Received(char *ptr, size_t size, size_t nmemb, void *arg)
 		AggrBufAppend(&t->data, ptr, n);	/* the error body */
 		return n;
 	}
-	for (size_t i = 0; i < n && !t->done; i++)
+	for (const char *p = ptr, *end = ptr + n; p < end && !t->done;)
 	{
-		if (ptr[i] != '\n')
-		{
-			AggrBufAppend(&t->line, ptr + i, 1);
-			continue;
-		}
+		const char *eol = memchr(p, '\n', end - p);
+
+		AggrBufAppend(&t->line, p, (eol ? eol : end) - p);
+		if (eol == NULL)
+			break;				/* the line goes on in the next chunk */
+		p = eol + 1;
 		if (t->line.len > 0 && t->line.data[t->line.len - 1] == '\r')
 			t->line.data[--t->line.len] = '\0';
 		if (t->line.len == 0)
@@ -277,14 +277,6 @@ Follow(Tail *t)
 	curl_slist_free_all(headers);
 	AggrBufFree(&url);
 	return t->status;
-}
-
-static void
-SleepMs(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-	nanosleep(&ts, NULL);
 }
 
 int
@@ -385,7 +377,7 @@ main(int argc, char **argv)
 			return 1;
 		}
 		wait = t.retry_ms << (failures < 4 ? failures : 4);
-		SleepMs(failures == 0 ? t.retry_ms : wait > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait);
+		AggrSleepMs(failures == 0 ? t.retry_ms : wait > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait);
 	}
 	curl_easy_cleanup(t.easy);
 	curl_global_cleanup();

@@ -165,6 +165,7 @@ typedef struct DbSlot
 	int			failures;		/* consecutive failed connects */
 	int64_t		next_attempt_us;
 	int			id;
+	char		label[32];		/* "database connection N", for the log */
 } DbSlot;
 
 static DbSlot *slots;
@@ -211,6 +212,7 @@ AggrDbStart(int n)
 	for (int i = 0; i < n; i++)
 	{
 		slots[i].id = i + 1;
+		snprintf(slots[i].label, sizeof(slots[i].label), "database connection %d", i + 1);
 		if (pthread_create(&workers[i], NULL, WorkerMain, &slots[i]) != 0)
 		{
 			AggrLog("fatal", "cannot start database worker %d", i + 1);
@@ -365,22 +367,55 @@ DropConnection(DbSlot *slot)
 static void
 LogNotice(void *arg, const char *message)
 {
-	AggrLog("notice", "database connection %d: %s", ((DbSlot *) arg)->id,
-			message);
+	AggrLog("notice", "%s: %s", (const char *) arg, message);
+}
+
+/*
+ * A connection as every part of the sidecar opens it: the defaults below
+ * (what the URL or conninfo says overrides them), notices logged as
+ * label (which must outlive the connection), TimeZone = UTC and READ
+ * COMMITTED (aggr_events pages only there, whatever the role's default).
+ * keepalives: for a reader that blocks on the connection (the event
+ * stream's hub), so that a dead peer ends its wait.  *ok: connected and set
+ * up; the connection is returned either way (its error message is there).
+ */
+PGconn *
+AggrDbOpen(const char *appname, const char *label, bool keepalives, bool *ok)
+{
+	const char *keys[8] = {"connect_timeout", "application_name", "client_encoding"};
+	const char *vals[8] = {"3", appname, "UTF8"};
+	int			n = 3;
+	PGconn	   *conn;
+	PGresult   *res;
+
+	if (keepalives)
+	{
+		keys[n] = "keepalives_idle", vals[n++] = "10";
+		keys[n] = "keepalives_interval", vals[n++] = "5";
+		keys[n] = "keepalives_count", vals[n++] = "3";
+	}
+	/* last: the URL or conninfo the user gave overrides the defaults above */
+	keys[n] = "dbname", vals[n++] = aggr_config.conninfo;
+	keys[n] = NULL;
+	conn = PQconnectdbParams(keys, vals, 1);
+	*ok = PQstatus(conn) == CONNECTION_OK;
+	if (!*ok)
+		return conn;
+	PQsetNoticeProcessor(conn, LogNotice, (void *) label);
+	res = PQexec(conn, "SET TimeZone = 'UTC'; "
+				 "SET default_transaction_isolation = 'read committed'");
+	*ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	PQclear(res);
+	return conn;
 }
 
 static bool
 Connect(DbSlot *slot, AggrDbError *err)
 {
 	char		appname[64];
-	PGresult   *res;
 	int64_t		now = AggrNowUs();
 	int64_t		backoff;
-
-	/* defaults first: what the URL or conninfo says overrides them */
-	const char *keys[] = {"connect_timeout", "application_name",
-	"client_encoding", "dbname", NULL};
-	const char *vals[] = {"3", appname, "UTF8", aggr_config.conninfo, NULL};
+	bool		ok;
 
 	if (now < slot->next_attempt_us)
 	{
@@ -389,28 +424,14 @@ Connect(DbSlot *slot, AggrDbError *err)
 		return false;
 	}
 	snprintf(appname, sizeof(appname), "aggr sidecar %d", slot->id);
-	slot->conn = PQconnectdbParams(keys, vals, 1);
-	if (PQstatus(slot->conn) == CONNECTION_OK)
+	slot->conn = AggrDbOpen(appname, slot->label, false, &ok);
+	if (ok && PQsetnonblocking(slot->conn, 1) == 0)
 	{
-		PQsetNoticeProcessor(slot->conn, LogNotice, slot);
-
-		/*
-		 * aggr_events pages only in READ COMMITTED, whatever the role's
-		 * default
-		 */
-		res = PQexec(slot->conn, "SET TimeZone = 'UTC'; "
-					 "SET default_transaction_isolation = 'read committed'");
-		if (PQresultStatus(res) == PGRES_COMMAND_OK &&
-			PQsetnonblocking(slot->conn, 1) == 0)
-		{
-			PQclear(res);
-			if (slot->failures > 0)
-				AggrLog("info", "database connection %d restored", slot->id);
-			slot->failures = 0;
-			slot->next_attempt_us = 0;
-			return true;
-		}
-		PQclear(res);
+		if (slot->failures > 0)
+			AggrLog("info", "database connection %d restored", slot->id);
+		slot->failures = 0;
+		slot->next_attempt_us = 0;
+		return true;
 	}
 
 	if (slot->failures == 0)

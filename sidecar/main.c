@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -370,14 +369,6 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 	aggr_config.conninfo = LibpqUrl(aggr_config.conninfo);
 }
 
-static void
-SleepMs(int ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-	nanosleep(&ts, NULL);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -431,7 +422,7 @@ main(int argc, char **argv)
 	AggrStreamStop();
 	deadline = AggrNowUs() + (int64_t) drain_seconds * 1000000;
 	while (AggrHttpInflight() > 0 && AggrNowUs() < deadline)
-		SleepMs(20);
+		AggrSleepMs(20);
 	if (AggrHttpInflight() > 0)
 		AggrLog("warning", "%ld requests still running at shutdown",
 				AggrHttpInflight());

@@ -411,31 +411,42 @@ Publish(AggrRequest *req, AggrDbExecFunc exec)
 
 /* ---- GET /events ---- */
 
+/*
+ * The topic (?topic= means every topic) and the seq to start after, given
+ * as after (-1: none); false when answered 400 with after_error.
+ */
+static bool
+TopicAndAfter(AggrRequest *req, const AggrRequestIn *in, const char *after,
+			  const char *after_error)
+{
+	const char *topic = in->query(in->arg, "topic");
+
+	req->after = -1;
+	if (after && (!AggrParseInt64(after, &req->after) || req->after < 0))
+	{
+		AnswerError(req, 400, after_error);
+		return false;
+	}
+	if (topic && topic[0] != '\0')
+		req->topic = AggrStrdup(topic);
+	return true;
+}
+
 /* the query parameters; false when answered 400 */
 static bool
 EventsParams(AggrRequest *req, const AggrRequestIn *in)
 {
-	const char *topic = in->query(in->arg, "topic");
 	const char *limit = in->query(in->arg, "limit");
-	const char *after = in->query(in->arg, "after");
 
 	req->limit = EVENTS_DEFAULT_LIMIT;
-	req->after = -1;
 	if (limit && (!AggrParseInt64(limit, &req->limit) || req->limit < 1 ||
 				  req->limit > EVENTS_MAX_LIMIT))
 	{
 		AnswerError(req, 400, "limit must be an integer from 1 to 10000");
 		return false;
 	}
-	if (after && (!AggrParseInt64(after, &req->after) || req->after < 0))
-	{
-		AnswerError(req, 400, "after must be a non-negative integer");
-		return false;
-	}
-	/* ?topic= means every topic */
-	if (topic && topic[0] != '\0')
-		req->topic = AggrStrdup(topic);
-	return true;
+	return TopicAndAfter(req, in, in->query(in->arg, "after"),
+						 "after must be a non-negative integer");
 }
 
 static void
@@ -494,24 +505,13 @@ Events(AggrRequest *req, AggrDbExecFunc exec)
 static bool
 StreamParams(AggrRequest *req, const AggrRequestIn *in)
 {
-	const char *topic = in->query(in->arg, "topic");
-	const char *after = in->query(in->arg, "after");
 	const char *last_id = in->header(in->arg, "Last-Event-ID");
 
-	req->after = -1;
-	if (last_id && (!AggrParseInt64(last_id, &req->after) || req->after < 0))
-	{
-		AnswerError(req, 400, "Last-Event-ID must be a non-negative integer (an event's id)");
-		return false;
-	}
-	if (!last_id && after && (!AggrParseInt64(after, &req->after) || req->after < 0))
-	{
-		AnswerError(req, 400, "after must be a non-negative integer");
-		return false;
-	}
-	if (topic && topic[0] != '\0')
-		req->topic = AggrStrdup(topic);
-	return true;
+	if (last_id)
+		return TopicAndAfter(req, in, last_id,
+							 "Last-Event-ID must be a non-negative integer (an event's id)");
+	return TopicAndAfter(req, in, in->query(in->arg, "after"),
+						 "after must be a non-negative integer");
 }
 
 /* a stream that cannot be opened (http.c asks stream.c) */

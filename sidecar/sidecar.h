@@ -107,6 +107,8 @@ typedef struct AggrJob
 	void		(*run) (struct AggrJob *job);
 } AggrJob;
 
+extern PGconn *AggrDbOpen(const char *appname, const char *label, bool keepalives,
+						  bool *ok);
 extern void AggrDbStart(int nworkers);
 extern void AggrDbSubmit(AggrJob *job, bool urgent);
 extern void AggrDbStop(void);

@@ -474,14 +474,11 @@ PickForNews(Stream *s, void *arg)
 		return false;
 
 	/*
-	 * Idle while more came than the ring holds: not slow, only behind; the
-	 * table has what the ring lost.
+	 * Idle while more came than the ring holds: woken (so not slow), Refill
+	 * catches it up from the table.
 	 */
 	if (s->suspended && s->pos < hub.floor)
-	{
-		s->catching_up = true;
 		return true;
-	}
 	for (size_t i = RingFirstAfter(before); i < hub.count; i++)
 		if (TopicMatches(s, RingAt(i)->topic))
 			return true;
@@ -576,14 +573,6 @@ PageEnd(const PGresult *res, int64_t after)
 	return PQgetvalue(res, 0, 2)[0] != 't' && upto > end ? upto : end;
 }
 
-/* server notices and warnings become JSON log lines, not raw stderr */
-static void
-LogNotice(void *arg, const char *message)
-{
-	(void) arg;
-	AggrLog("notice", "event stream connection: %s", message);
-}
-
 /*
  * The events' sequence went back below the ring (the extension was dropped
  * and created again): start over from now, or new events would wait until
@@ -609,26 +598,15 @@ ForgetIfRestarted(const PGresult *res)
 static bool
 HubConnect(void)
 {
-	/* keepalives: a dead peer ends the streams, it does not freeze them */
-	const char *keys[] = {"connect_timeout", "application_name", "client_encoding",
-	"keepalives_idle", "keepalives_interval", "keepalives_count", "dbname", NULL};
-	const char *vals[] = {"3", "aggr sidecar stream", "UTF8", "10", "5", "3",
-	aggr_config.conninfo, NULL};
 	PGresult   *res;
 	bool		ok;
 
-	hub.conn = PQconnectdbParams(keys, vals, 1);
+	/* keepalives: a dead peer ends the streams, it does not freeze them */
+	hub.conn = AggrDbOpen("aggr sidecar stream", "event stream connection", true, &ok);
 	hub.prepared = false;
-	if (PQstatus(hub.conn) != CONNECTION_OK)
+	if (!ok)
 		return false;
-	PQsetNoticeProcessor(hub.conn, LogNotice, NULL);
-
-	/*
-	 * aggr_events_page pages only in READ COMMITTED, whatever the role's
-	 * default
-	 */
-	res = PQexec(hub.conn, "SET TimeZone = 'UTC'; "
-				 "SET default_transaction_isolation = 'read committed'; LISTEN aggr_events");
+	res = PQexec(hub.conn, "LISTEN aggr_events");
 	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	PQclear(res);
 	/* an empty page after the largest seq: the watermark, where "now" is */
@@ -785,6 +763,21 @@ HubCatchUp(bool *pending)
 	return true;
 }
 
+/* the notifications libpq has read; true if there was one */
+static bool
+DrainNotifies(void)
+{
+	PGnotify   *note;
+	bool		any = false;
+
+	while ((note = PQnotifies(hub.conn)) != NULL)
+	{
+		PQfreemem(note);
+		any = true;
+	}
+	return any;
+}
+
 /*
  * Wait for a notification, a wake-up byte or the timeout; false: connection
  * lost.  Notifications that came with the last query's answer are in libpq
@@ -794,19 +787,11 @@ static bool
 HubWait(int timeout_ms)
 {
 	struct pollfd fds[2] = {{.fd = hub.wake[0],.events = POLLIN}, {.fd = -1,.events = POLLIN}};
-	PGnotify   *note;
-	bool		noted = false;
+	bool		noted = hub.conn && DrainNotifies();
 	char		drain[64];
 
 	if (hub.conn)
-	{
-		while ((note = PQnotifies(hub.conn)) != NULL)
-		{
-			PQfreemem(note);
-			noted = true;
-		}
 		fds[1].fd = PQsocket(hub.conn);
-	}
 	if (poll(fds, hub.conn ? 2 : 1, noted ? 0 : timeout_ms) > 0 && (fds[0].revents & POLLIN))
 		while (read(hub.wake[0], drain, sizeof(drain)) == (ssize_t) sizeof(drain))
 			;
@@ -814,8 +799,7 @@ HubWait(int timeout_ms)
 		return true;
 	if (!PQconsumeInput(hub.conn))
 		return false;
-	while ((note = PQnotifies(hub.conn)) != NULL)
-		PQfreemem(note);
+	(void) DrainNotifies();
 	return true;
 }
 

@@ -73,6 +73,7 @@ sub sub_block
         $event = $1 if $line =~ /^event: (.*)$/;
         $s->{heartbeats}++ if $line =~ /^: heartbeat$/;
     }
+    $s->{heartbeat_id} = $id if $block =~ /^: heartbeat$/m && defined $id;
     # an id alone (the first message, a heartbeat) or a final event's id:
     # where the stream stands, the Last-Event-ID to resume with
     $s->{last} = $id if defined $id && (!defined $data || defined $event);
@@ -420,7 +421,9 @@ pump(\@capped, sub { !grep { !defined $_->{status} } @capped }, 10);
 is(join(',', sort map { $_->{status} } @capped), '200,200,503', '--max-streams caps subscribers (503 beyond)');
 my ($idle) = grep { $_->{status} == 200 } @capped;
 ok(pump([$idle], sub { ($idle->{heartbeats} // 0) >= 2 }, 5), 'an idle stream gets a heartbeat every --stream-heartbeat');
-like($idle->{last} // '', qr/^\d+$/, 'which carries where the stream stands');
+# (the sequence's last value: duplicates and rollbacks draw seqs too)
+is($idle->{heartbeat_id}, $node->safe_psql('postgres', 'SELECT last_value FROM aggr.events_seq_seq'),
+    'which carries where the stream stands');
 $_->{stay_closed} = 1, close($_->{sock}) for grep { $_->{sock} } @capped;
 # (an idle stream notices its client left at the next heartbeat, 15 s on)
 stop_sidecar($sc);
