@@ -275,8 +275,7 @@ ParseOptions(int argc, char **argv, Options *o)
 				break;
 			case OPT_TOKEN:
 				o->token = optarg;
-				for (const char *p = optarg; *p && ok; p++)
-					ok = ((unsigned char) *p >= 0x20 && *p != 0x7f);
+				ok = AggrHeaderValueOk(optarg);
 				if (!ok)
 					fprintf(stderr, "aggr-publisher: --token must not contain control characters\n");
 				break;

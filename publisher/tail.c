@@ -65,7 +65,8 @@ Usage(FILE *out)
 			"  --topic=TOPIC        one topic (default: every topic)\n"
 			"  --after=SEQ          start after this event id (default: from now;\n"
 			"                       0: every stored event first)\n"
-			"  --token=TOKEN        bearer token (env AGGR_READ_TOKEN)\n"
+			"  --token=TOKEN        bearer token (env AGGR_READ_TOKEN, which ps does\n"
+			"                       not show)\n"
 			"  --json               one JSON object per line, with its \"seq\"\n"
 			"  --count=N            exit after N events\n"
 			"  --max-reconnects=N   give up after N reconnects in a row (default: never)\n"
@@ -197,7 +198,9 @@ Received(char *ptr, size_t size, size_t nmemb, void *arg)
 		curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->status);
 	if (t->status != 200)
 	{
-		AggrBufAppend(&t->data, ptr, n);	/* the error body */
+		/* the error body, as much as a message needs */
+		if (t->data.len < 4096)
+			AggrBufAppend(&t->data, ptr, n < 4096 - t->data.len ? n : 4096 - t->data.len);
 		return n;
 	}
 	for (const char *p = ptr, *end = ptr + n; p < end && !t->done;)
@@ -245,8 +248,12 @@ Follow(Tail *t)
 	}
 	if (t->token)
 	{
-		snprintf(header, sizeof(header), "Authorization: Bearer %s", t->token);
-		headers = curl_slist_append(headers, header);
+		AggrBuf		auth;
+
+		AggrBufInit(&auth, 64);
+		AggrBufPrintf(&auth, "Authorization: Bearer %s", t->token);
+		headers = curl_slist_append(headers, auth.data);
+		AggrBufFree(&auth);
 	}
 	headers = curl_slist_append(headers, "Accept: text/event-stream");
 
@@ -351,6 +358,11 @@ main(int argc, char **argv)
 	if (optind < argc)
 	{
 		Usage(stderr);
+		return 2;
+	}
+	if (t.token && !AggrHeaderValueOk(t.token))
+	{
+		fprintf(stderr, "aggr-tail: the token must not contain control characters\n");
 		return 2;
 	}
 

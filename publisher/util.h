@@ -6,6 +6,7 @@
 #ifndef AGGR_UTIL_H
 #define AGGR_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,5 +15,8 @@
 /* Monotonic milliseconds (for durations) and Unix wall-clock milliseconds. */
 extern double AggrNowMs(void);
 extern int64_t AggrWallMs(void);
+
+/* True when s can stand in an HTTP header: no control characters. */
+extern bool AggrHeaderValueOk(const char *s);
 
 #endif							/* AGGR_UTIL_H */

@@ -201,6 +201,28 @@ LibpqUrl(const char *url)
 	return fixed;
 }
 
+/*
+ * A connection string libpq cannot parse is refused at start, without
+ * libpq's message: that quotes the part it choked on, which may be the
+ * password (a bad percent-encoding in it), and would reach every log line of
+ * every failed connection.
+ */
+static void
+ConninfoOrExit(const char *conninfo)
+{
+	char	   *error = NULL;
+	PQconninfoOption *options = PQconninfoParse(conninfo, &error);
+
+	if (options == NULL)
+	{
+		fprintf(stderr, "aggr-sidecar: --db (or DATABASE_URL) is not a libpq connection string or URL;"
+				" check its quoting and percent-encoding\n");
+		PQfreemem(error);
+		exit(2);
+	}
+	PQconninfoFree(options);
+}
+
 static void
 DefaultThreads(void)
 {
@@ -367,6 +389,7 @@ ParseArgs(int argc, char **argv, struct sockaddr_storage *addr)
 	if (aggr_config.max_buffered < aggr_config.max_body)
 		aggr_config.max_buffered = aggr_config.max_body;
 	aggr_config.conninfo = LibpqUrl(aggr_config.conninfo);
+	ConninfoOrExit(aggr_config.conninfo);
 }
 
 int

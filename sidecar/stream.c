@@ -56,6 +56,8 @@
 
 #define RING_PAGE_EVENTS 1000	/* events per hub read */
 #define CATCH_UP_PAGE_EVENTS 200	/* events per catch-up read */
+#define CATCH_UP_PAGE_BYTES (256 * 1024)	/* and about this many bytes */
+#define STREAM_BUFFER_KEEP (256 * 1024) /* a larger stream buffer is let go */
 #define PENDING_POLL_MS 100		/* while events wait above the watermark */
 #define RECONNECT_MS 1000
 #define RETRY_MS 1000			/* the SSE retry: clients wait this long */
@@ -254,12 +256,13 @@ Refill(Stream *s, size_t max)
 	}
 
 	/*
-	 * Behind the ring.  One whose socket took nothing for a while is too
-	 * slow; one that was only not yet run (just woken, just opened) is caught
-	 * up from the table.  Decided before a heartbeat, which would make the
-	 * stream look served.
+	 * Behind the ring.  One that asked for nothing for a while (its socket
+	 * took nothing, whether it was reading the ring or a catch-up page) is
+	 * too slow; one that was only not yet run (just woken, just opened) is
+	 * caught up from the table.  Decided before a heartbeat, which would make
+	 * the stream look served.
 	 */
-	if (s->pos < hub.floor && !s->catching_up)
+	if (s->pos < hub.floor)
 	{
 		if (idle_us > SLOW_US)
 		{
@@ -300,6 +303,12 @@ StreamRead(void *cls, uint64_t offset, char *buf, size_t max)
 	pthread_mutex_lock(&hub.lock);
 	if (s->out_off == s->out.len)
 	{
+		/* one large event or page must not stay the stream's for its life */
+		if (s->out.cap > STREAM_BUFFER_KEEP)
+		{
+			AggrBufFree(&s->out);
+			AggrBufInit(&s->out, 1024);
+		}
 		AggrBufReset(&s->out);
 		s->out_off = 0;
 		if (!Refill(s, max))
@@ -456,6 +465,19 @@ PickToEnd(Stream *s, void *arg)
 	return true;
 }
 
+/* the events were reset: every stream ends, and resumes from the start */
+static bool
+PickToReset(Stream *s, void *arg)
+{
+	(void) arg;
+	if (s->end_reason == NULL)
+	{
+		s->end_reason = "the events were reset (aggr was re-created); resume after 0";
+		s->pos = 0;
+	}
+	return true;
+}
+
 static bool
 PickForHeartbeat(Stream *s, void *arg)
 {
@@ -508,8 +530,8 @@ HubDisconnect(const char *why)
 }
 
 /*
- * A page of aggr_events_page(topic, limit, after), cut at about
- * --max-page bytes (always one event): rows of upto, pending, whether the
+ * A page of aggr_events_page(topic, limit, after), cut at about bytes
+ * (always one event): rows of upto, pending, whether the
  * page is cut (full by count or by bytes: complete only up to its last
  * event, else up to upto), seq, topic, JSON; seq is NULL in the one row of
  * an empty page.  upto is the watermark the page was cut at: a later one
@@ -526,7 +548,7 @@ static const char page_sql[] =
 "LEFT JOIN sized s ON s.before < $4::bigint ORDER BY s.seq";
 
 static PGresult *
-ReadPage(const char *topic, int limit, int64_t after)
+ReadPage(const char *topic, int limit, size_t bytes, int64_t after)
 {
 	char		limit_txt[16];
 	char		after_txt[24];
@@ -536,7 +558,7 @@ ReadPage(const char *topic, int limit, int64_t after)
 
 	snprintf(limit_txt, sizeof(limit_txt), "%d", limit);
 	snprintf(after_txt, sizeof(after_txt), "%" PRId64, after);
-	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", aggr_config.max_page_bytes);
+	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", bytes);
 	/* prepared once per connection: a wake-up is one execution, not a plan */
 	if (!hub.prepared)
 	{
@@ -574,10 +596,11 @@ PageEnd(const PGresult *res, int64_t after)
 }
 
 /*
- * The events' sequence went back below the ring (the extension was dropped
- * and created again): start over from now, or new events would wait until
- * their seq passed the old cursor.  Only a page with nothing pending tells:
- * its watermark is then the sequence's last value, not a writer's key.
+ * The events' sequence went back below the cursor (the extension was
+ * dropped and created again): start over from now, or new events would wait
+ * until their seq passed the old cursor.  Only a page with nothing pending
+ * tells: its watermark is then the sequence's last value, never below the
+ * cursor while the sequence lives.
  * hub.lock held; true when it started over (the caller ends the streams).
  */
 static bool
@@ -585,7 +608,7 @@ ForgetIfRestarted(const PGresult *res)
 {
 	int64_t		upto = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 
-	if (PQgetvalue(res, 0, 1)[0] == 't' || upto >= hub.floor)
+	if (PQgetvalue(res, 0, 1)[0] == 't' || upto >= hub.cursor)
 		return false;
 	AggrLog("warning", "event stream: the events' seq went back from %" PRId64 " to %" PRId64
 			" (was aggr re-created?); following from there", hub.cursor, upto);
@@ -610,7 +633,7 @@ HubConnect(void)
 	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 	PQclear(res);
 	/* an empty page after the largest seq: the watermark, where "now" is */
-	if (!ok || (res = ReadPage(NULL, 1, INT64_MAX)) == NULL)
+	if (!ok || (res = ReadPage(NULL, 1, 1, INT64_MAX)) == NULL)
 		return false;
 	pthread_mutex_lock(&hub.lock);
 	/* the first connection starts from now; a new one goes on where it was */
@@ -652,7 +675,7 @@ HubReadNews(bool *pending)
 			while (hub.count > 0)
 				RingDropOldest();
 			pthread_mutex_unlock(&hub.lock);
-			if ((res = ReadPage(NULL, 1, INT64_MAX)) == NULL)
+			if ((res = ReadPage(NULL, 1, 1, INT64_MAX)) == NULL)
 				return false;
 			pthread_mutex_lock(&hub.lock);
 			came = hub.nstreams > 0;	/* one came meanwhile: read for it */
@@ -667,7 +690,7 @@ HubReadNews(bool *pending)
 		}
 		pthread_mutex_unlock(&hub.lock);
 
-		if ((res = ReadPage(NULL, RING_PAGE_EVENTS, hub.cursor)) == NULL)
+		if ((res = ReadPage(NULL, RING_PAGE_EVENTS, aggr_config.max_page_bytes, hub.cursor)) == NULL)
 			return false;
 		n = PageEvents(res);
 		cut = PQgetvalue(res, 0, 2)[0] == 't';
@@ -677,7 +700,7 @@ HubReadNews(bool *pending)
 		{
 			pthread_mutex_unlock(&hub.lock);
 			PQclear(res);
-			ResumeStreams(PickToEnd, (void *) "the events were reset (aggr was re-created); resume with after=0");
+			ResumeStreams(PickToReset, NULL);
 			return true;
 		}
 		for (int i = 0; i < n; i++)
@@ -686,11 +709,13 @@ HubReadNews(bool *pending)
 		hub.cursor = PageEnd(res, hub.cursor);
 		pthread_mutex_unlock(&hub.lock);
 		PQclear(res);
+		/* after each page: a long backlog must not keep streams waiting */
+		if (hub.cursor != before)
+			ResumeStreams(PickForNews, &before);
+		before = hub.cursor;
 		if (!cut)
 			break;
 	}
-	if (hub.cursor != before)
-		ResumeStreams(PickForNews, &before);
 	return true;
 }
 
@@ -731,7 +756,7 @@ HubCatchUp(bool *pending)
 		if (s == NULL)
 			break;
 
-		res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, after);
+		res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, CATCH_UP_PAGE_BYTES, after);
 		free(topic);
 
 		pthread_mutex_lock(&hub.lock);

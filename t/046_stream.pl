@@ -442,6 +442,32 @@ like($lines[0], qr/^\{"seq": \d+, "topic" : "big"/, 'one JSON object per line, w
 $out = `$tail_bin --url=http://127.0.0.1:$port --after=0 --count=1 2>&1`;
 is($? >> 8, 2, 'aggr-tail without the token exits 2');
 like($out, qr/HTTP 401/, 'and says why');
+
+# a token that would break the request's headers is refused before sending
+$out = `$tail_bin --url=http://127.0.0.1:$port --token='a
+X-Injected: 1' --count=1 2>&1`;
+is($? >> 8, 2, 'aggr-tail refuses a token with control characters');
+
+# aggr re-created under a running stream: the stream ends saying to start
+# over (id 0), and the new incarnation's events come
+my $reset = new_sub(port => $port, name => 'reset', token => 'rt');
+pump([$reset], sub { defined $reset->{status} }, 10);
+$node->safe_psql('postgres', 'DROP EXTENSION aggr CASCADE');
+$node->safe_psql('postgres', 'CREATE EXTENSION aggr');
+$node->safe_psql('postgres',
+    q{SELECT aggr_ingest('{"topic": "again", "event_id": "new", "timestamp": 0, "source": "s"}')});
+ok(pump([$reset], sub { grep { $_->[2] eq 'new' } @{ $reset->{got} } }, 30),
+    'after aggr is re-created, a stream starts over and gets the new events');
+like($reset->{errors}[0] // '', qr/reset.*"resume_after":0\}/, 'its first stream ended saying so');
+$reset->{stay_closed} = 1;
+close($reset->{sock}) if $reset->{sock};
 stop_sidecar($sc);
+
+# a --db that libpq cannot parse is refused without being quoted (it may
+# hold the password)
+my $sidecar_bin = $ENV{AGGR_SIDECAR} || "$FindBin::RealBin/../sidecar/aggr-sidecar";
+$out = `$sidecar_bin --db='postgresql://u:s3cr%zzet\@localhost/x' 2>&1`;
+is($? >> 8, 2, 'the sidecar refuses a --db libpq cannot parse');
+unlike($out, qr/s3cr/, 'without quoting its password');
 
 done_testing();
