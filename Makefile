@@ -12,21 +12,23 @@ OBJS = \
 	extension/queue_scripts.o \
 	extension/stats.o \
 	extension/watermark.o \
+	extension/expire.o \
 	bgworker/slots.o \
-	bgworker/consumer.o
+	bgworker/consumer.o \
+	bgworker/expiry.o
 # extension/aggr.sql is the current version's install script; released
 # versions' scripts and the upgrade scripts between them are kept as shipped.
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" aggr.control)
 DATA_built = extension/aggr--$(EXTVERSION).sql
 DATA = extension/aggr--0.1.sql extension/aggr--0.1--0.2.sql extension/aggr--0.2.sql \
-	extension/aggr--0.2--0.3.sql
+	extension/aggr--0.2--0.3.sql extension/aggr--0.3.sql extension/aggr--0.3--0.4.sql
 PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 
 # pg_regress and the isolation specs pass against any running server, aggr
 # preloaded or not (make installcheck); what needs the preload or a broker is
 # TAP (t/), where each test starts its own servers.
-REGRESS = validate ingest ndjson query stats privileges upgrade
-ISOLATION = ingest_race stats_race gapless_paging
+REGRESS = validate ingest ndjson query stats expire privileges upgrade
+ISOLATION = ingest_race stats_race gapless_paging expire_race
 TAP_TESTS = 1
 
 # Our code is warning-free; PostgreSQL's headers trip -Wextra's noisier checks.

@@ -14,8 +14,10 @@
 
 #include "aggr.h"
 #include "broker.h"
+#include "expire.h"
 #include "queue.h"
 #include "../bgworker/consumer.h"
+#include "../bgworker/expiry.h"
 #include "../bgworker/slots.h"
 
 #include <limits.h>
@@ -54,6 +56,8 @@ char	   *aggr_database = NULL;
 int			aggr_test_crash_point = 0;
 int			aggr_test_backoff = 0;
 bool		aggr_notify = true;
+int			aggr_retention = 0;
+int			aggr_dedup_window = AGGR_DEDUP_FOREVER;
 
 /* Loaded by shared_preload_libraries (true in the postmaster and its children). */
 static bool preloaded = false;
@@ -104,6 +108,16 @@ DefineSessionSettings(void)
 							 "Notify channel aggr_events at each commit that stored events.",
 							 "NOTIFY serializes the commits of notifying transactions and a transaction that notified cannot PREPARE: turn it off for two-phase commit, or where nobody follows new events.",
 							 &aggr_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.retention",
+							"How long an event is kept after its ingest before it expires (0 = forever).",
+							"The expiry worker (aggr preloaded) or aggr_expire() expires events ingested longer ago; their keys are remembered for aggr.dedup_window more.",
+							&aggr_retention, 0, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.dedup_window",
+							"How long the key of an expired event is remembered, so that the event re-sent is a duplicate (-1 = forever).",
+							"After it, the key is forgotten and the event, if sent again, is stored as new; 0 deletes an event when it expires.",
+							&aggr_dedup_window, AGGR_DEDUP_FOREVER, AGGR_DEDUP_FOREVER, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.test_backoff",
 							"Test only: the longest wait of a consumer between retries (0 = 5 s).",
 							NULL, &aggr_test_backoff, 0, 0, 5000,
@@ -241,4 +255,5 @@ _PG_init(void)
 
 	if (AggrBrokerConfigured())
 		AggrRegisterConsumers();
+	AggrRegisterExpiry();
 }

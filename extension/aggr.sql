@@ -16,6 +16,12 @@ COMMENT ON SCHEMA aggr IS 'aggr: stored events, counters, dead letters and consu
  * The key is compared byte by byte (COLLATE "C"): keys are identifiers, and
  * every insert and duplicate check walks the key index, where a locale's
  * strcoll() cost about a tenth of the ingest.
+ *
+ * Retention (expire.h): an expired event stays as a tombstone, its payload
+ * emptied and expired_at set, so that its key still deduplicates (in the same
+ * unique index, with no race against ingest) until aggr.dedup_window has
+ * passed; then the row is deleted.  The seq indexes hold live events only, so
+ * readers never walk tombstones; expiry and forgetting walk their own.
  */
 CREATE TABLE aggr.events (
     topic       text        COLLATE "C" NOT NULL,
@@ -25,11 +31,13 @@ CREATE TABLE aggr.events (
     payload     jsonb       NOT NULL DEFAULT '{}',
     ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     seq         bigint      GENERATED ALWAYS AS IDENTITY,
+    expired_at  timestamptz,
     PRIMARY KEY (topic, event_id)
 );
-CREATE INDEX events_seq_idx ON aggr.events (seq);
-CREATE INDEX events_topic_seq_idx ON aggr.events (topic, seq);
-COMMENT ON TABLE aggr.events IS 'aggr: each (topic, event_id) ever accepted, exactly once';
+CREATE INDEX events_seq_idx ON aggr.events (seq) WHERE expired_at IS NULL;
+CREATE INDEX events_topic_seq_idx ON aggr.events (topic, seq) WHERE expired_at IS NULL;
+CREATE INDEX events_expired_seq_idx ON aggr.events (seq) WHERE expired_at IS NOT NULL;
+COMMENT ON TABLE aggr.events IS 'aggr: each (topic, event_id) accepted, exactly once; expired ones as tombstones (expired_at set) while their keys are remembered';
 
 /*
  * Counters per topic, spread over shards (a backend writes the shard of its
@@ -42,9 +50,26 @@ CREATE TABLE aggr.counters (
     received          bigint   NOT NULL DEFAULT 0,
     unique_processed  bigint   NOT NULL DEFAULT 0,
     duplicate_dropped bigint   NOT NULL DEFAULT 0,
+    expired           bigint   NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, shard)
 ) WITH (fillfactor = 50);
-COMMENT ON TABLE aggr.counters IS 'aggr: received, unique and duplicate counts per topic and shard';
+COMMENT ON TABLE aggr.counters IS 'aggr: received, unique, duplicate and expired counts per topic and shard (shard -1: expiry''s)';
+
+/*
+ * Where expiry and forgetting have got to: every event with seq <=
+ * expired_upto is expired, every tombstone with seq <= forgotten_upto is
+ * deleted.  Its one row is locked by each expiry batch, so expiries run one
+ * at a time (and never wait on an ingest).  Not dumped: after a restore both
+ * start again from 0, which only costs one walk.
+ */
+CREATE TABLE aggr.expiry (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    expired_upto   bigint      NOT NULL DEFAULT 0,
+    forgotten_upto bigint      NOT NULL DEFAULT 0,
+    last_run       timestamptz
+);
+INSERT INTO aggr.expiry DEFAULT VALUES;
+COMMENT ON TABLE aggr.expiry IS 'aggr: how far expiry (aggr.retention) and forgetting (aggr.dedup_window) have got, in seq';
 
 /* Queue elements a consumer could not ingest (not JSON, not a valid event). */
 CREATE TABLE aggr.rejected (
@@ -76,6 +101,14 @@ CREATE FUNCTION aggr_ingest(request jsonb) RETURNS jsonb
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION aggr_ingest(jsonb) IS
     'aggr: validate one event or an array of events and store them in this transaction; returns received, unique, duplicates';
+
+CREATE FUNCTION aggr_expire(older_than interval DEFAULT NULL, "limit" integer DEFAULT 10000)
+    RETURNS bigint
+    AS 'MODULE_PATHNAME', 'aggr_expire'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION aggr_expire(interval, integer) IS
+    'aggr: expire up to limit events ingested longer ago than older_than (default aggr.retention), oldest first, and forget tombstones past aggr.dedup_window; returns how many it expired';
 
 CREATE FUNCTION aggr_publish(request jsonb) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'aggr_publish'
@@ -156,14 +189,15 @@ BEGIN
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.seq > coalesce(aggr_events_page.after, 0)
+                  WHERE e.expired_at IS NULL
+                    AND e.seq > coalesce(aggr_events_page.after, 0)
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
     ELSE
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.topic = aggr_events_page.topic
+                  WHERE e.expired_at IS NULL AND e.topic = aggr_events_page.topic
                     AND e.seq > coalesce(aggr_events_page.after, 0)
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
@@ -198,13 +232,16 @@ BEGIN
                'received', coalesce(sum(t.received), 0),
                'unique_processed', coalesce(sum(t.unique_processed), 0),
                'duplicate_dropped', coalesce(sum(t.duplicate_dropped), 0),
+               'expired', coalesce(sum(t.expired), 0),
                'topics', coalesce(jsonb_agg(jsonb_build_object('topic', t.topic,
-                                                               'count', t.unique_processed)
+                                                               'count', t.unique_processed,
+                                                               'expired', t.expired)
                                             ORDER BY t.topic COLLATE "C"), '[]'))
       INTO totals
       FROM (SELECT c.topic, sum(c.received) AS received,
                    sum(c.unique_processed) AS unique_processed,
-                   sum(c.duplicate_dropped) AS duplicate_dropped
+                   sum(c.duplicate_dropped) AS duplicate_dropped,
+                   sum(c.expired) AS expired
               FROM aggr.counters c GROUP BY c.topic) t;
     RETURN totals || jsonb_build_object(
         'uptime_seconds', round(extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()), 3),
@@ -216,7 +253,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION aggr_stats() IS
-    'aggr: received, unique_processed, duplicate_dropped, per-topic counts, uptime, workers and queue';
+    'aggr: received, unique_processed, duplicate_dropped, expired, per-topic counts, uptime, workers and queue';
 
 CREATE FUNCTION aggr_health() RETURNS jsonb
     LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
@@ -275,7 +312,7 @@ SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
  * fixed search_path), so a role granted EXECUTE may publish and read without
  * any privilege on the tables.  Nobody gets EXECUTE by default.
  */
-REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_publish(jsonb), aggr_publish_text(text),
+REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_expire(interval, integer), aggr_publish(jsonb), aggr_publish_text(text),
     aggr_publish_ndjson(text),
     aggr_events(text, integer, bigint), aggr_events_page(text, integer, bigint),
     aggr_events_watermark(),

@@ -97,8 +97,8 @@ AggrHoldWatermark(void)
  * W rises when the transactions holding it end, whether they commit or not.
  * Our own transaction's lock is left out: what it stored is ours to see.
  */
-static int64
-EventsWatermark(bool *pending)
+int64
+AggrEventsWatermark(bool *pending)
 {
 	int64		last = SeqLastValue();
 	int64		upto = last;
@@ -146,7 +146,7 @@ aggr_events_watermark(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "aggr_events_watermark must return a record");
-	values[0] = Int64GetDatum(EventsWatermark(&pending));
+	values[0] = Int64GetDatum(AggrEventsWatermark(&pending));
 	values[1] = BoolGetDatum(pending);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

@@ -42,6 +42,7 @@
 #define AGGR_EVENTS_CHANNEL "aggr_events"
 
 extern void AggrHoldWatermark(void);
+extern int64 AggrEventsWatermark(bool *pending);
 extern void AggrNotifyEventsStored(void);
 
 #endif							/* AGGR_WATERMARK_H */

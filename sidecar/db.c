@@ -98,7 +98,11 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"FROM aggr_health() AS h",
 		0, {0}
 	},
-	/* numbers of the stats object, one level deep, and per-topic counts */
+
+	/*
+	 * numbers of the stats object, one level deep, then per-topic counts (t)
+	 * and per-topic expired (x)
+	 */
 	[AGGR_STMT_METRICS] = {
 		"aggr_metrics",
 		"WITH s AS (SELECT aggr_stats() AS s) "
@@ -110,9 +114,11 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"jsonb_typeof(e.value) = 'object' THEN e.value ELSE '{}' END) AS n "
 		"WHERE jsonb_typeof(n.value) = 'number' "
 		"UNION ALL "
-		"SELECT 't', t->>'topic', t->>'count' FROM s, "
+		"SELECT k.kind, t->>'topic', t->>k.field FROM s, "
 		"jsonb_array_elements(CASE WHEN jsonb_typeof(s.s->'topics') = "
-		"'array' THEN s.s->'topics' ELSE '[]' END) AS t",
+		"'array' THEN s.s->'topics' ELSE '[]' END) AS t, "
+		"(VALUES ('t', 'count'), ('x', 'expired')) AS k(kind, field) "
+		"ORDER BY 1, 2 COLLATE \"C\"",
 		0, {0}
 	},
 };

@@ -685,7 +685,7 @@ static bool
 IsCounterKey(const char *key)
 {
 	static const char *const counters[] = {
-		"received", "unique_processed", "duplicate_dropped", "rejected"
+		"received", "unique_processed", "duplicate_dropped", "expired", "rejected"
 	};
 
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
@@ -700,7 +700,7 @@ Metrics(AggrRequest *req, AggrDbExecFunc exec)
 	AggrDbError err = {0};
 	PGresult   *res = exec(AGGR_STMT_METRICS, NULL, NULL, NULL, &err);
 	AggrBuf    *body = &req->answer.body;
-	bool		topic_type_done = false;
+	char		last_topic_kind = 0;
 
 	AggrMetricsRender(body);
 	AggrBufPrintf(body,
@@ -729,10 +729,13 @@ Metrics(AggrRequest *req, AggrDbExecFunc exec)
 		else if (aggr_config.read_token == NULL)
 		{
 			/* topic names are what --read-token keeps private */
-			if (!topic_type_done)
-				AggrBufAppendStr(body, "# TYPE aggr_topic_events gauge\n");
-			topic_type_done = true;
-			AggrBufAppendStr(body, "aggr_topic_events{topic=\"");
+			const char *metric = kind[0] == 't' ? "aggr_topic_events" : "aggr_topic_expired_total";
+
+			if (kind[0] != last_topic_kind)
+				AggrBufPrintf(body, "# TYPE %s %s\n", metric,
+							  kind[0] == 't' ? "gauge" : "counter");
+			last_topic_kind = kind[0];
+			AggrBufPrintf(body, "%s{topic=\"", metric);
 			AppendLabelValue(body, key);
 			AggrBufPrintf(body, "\"} %s\n", value);
 		}

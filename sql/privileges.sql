@@ -26,6 +26,7 @@ SELECT aggr_publish('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "
 SELECT aggr_publish_text('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "s"}');
 SELECT aggr_publish_ndjson('{"topic": "p", "event_id": "2", "timestamp": 0, "source": "s"}');
 SELECT aggr_stats();
+SELECT aggr_expire('0 s');
 RESET ROLE;
 
 -- a caller's search_path cannot redirect what the functions run

@@ -96,8 +96,8 @@ sub scenario
     my $d_unique   = $after->{unique_processed} - $before->{unique_processed};
     my $d_dup      = $after->{duplicate_dropped} - $before->{duplicate_dropped};
     my $d_received = $after->{received} - $before->{received};
-    my $rows     = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');
-    my $inv = $after->{unique_processed} == $rows
+    my $rows     = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events WHERE expired_at IS NULL');
+    my $inv = $after->{unique_processed} == $rows + $after->{expired}
       && $after->{received} == $after->{unique_processed} + $after->{duplicate_dropped}
       && $d_unique == $r->{present};
     is($r->{lost}, 0, "$name: no acknowledged event lost");
@@ -107,7 +107,7 @@ sub scenario
     cmp_ok($d_received, '>=', $r->{min_received}, "$name: received counts every acknowledged event");
     cmp_ok($d_received, '<=', $r->{max_received},
         "$name: received counts no event more often than it may have been sent ($d_received <= $r->{max_received})");
-    ok($inv, "$name: invariants hold (unique_processed = count(*), received = unique + duplicates)");
+    ok($inv, "$name: invariants hold (unique_processed = count(*) + expired, received = unique + duplicates)");
     cmp_ok($r->{acknowledged}, '>', 0, "$name: events were acknowledged");
     my $line = sprintf('%s: acknowledged %d, lost %d, recovered %d, duplicates %d, received %d in [%d, %d], faults %d, invariants %s',
         $name, $r->{acknowledged}, $r->{lost}, $r->{recovered}, $d_dup, $d_received,

@@ -391,21 +391,24 @@ sub check_ledger
 }
 
 # DESIGN.md invariants 1 and 2, plus the exact numbers a test expects
-# (%expect: received, unique, duplicates; any may be left out).
+# (%expect: received, unique, duplicates, expired; any may be left out).
+# With retention, unique_processed = live events + expired, overall and per
+# topic (tombstones of expired events are not events).
 sub check_invariants
 {
     my ($node, $name, %expect) = @_;
     my $s    = stats($node);
-    my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');
-    # the topics whose count in aggr_stats() is not their rows'
+    my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events WHERE expired_at IS NULL');
+    # the topics whose count in aggr_stats() is not their live rows + expired
     my $off_topics = $node->safe_psql('postgres',
         q{SELECT count(*) FROM
-            (SELECT t ->> 'topic' AS topic, (t ->> 'count')::bigint AS n
+            (SELECT t ->> 'topic' AS topic, (t ->> 'count')::bigint - (t ->> 'expired')::bigint AS n
                FROM jsonb_array_elements(aggr_stats() -> 'topics') t) s
-            FULL JOIN (SELECT topic, count(*) AS n FROM aggr.events GROUP BY topic) r USING (topic)
-          WHERE s.n IS DISTINCT FROM r.n});
-    is($s->{unique_processed}, $rows, "$name: unique_processed = count(*)");
-    is($off_topics, 0, "$name: each topic's count = its rows");
+            FULL JOIN (SELECT topic, count(*) AS n FROM aggr.events
+                       WHERE expired_at IS NULL GROUP BY topic) r USING (topic)
+          WHERE coalesce(s.n, 0) IS DISTINCT FROM coalesce(r.n, 0)});
+    is($s->{unique_processed}, $rows + $s->{expired}, "$name: unique_processed = count(*) + expired");
+    is($off_topics, 0, "$name: each topic's count = its rows + its expired");
     is($s->{received}, $s->{unique_processed} + $s->{duplicate_dropped},
         "$name: received = unique + duplicates");
     is($s->{received}, $expect{received}, "$name: received")
@@ -414,6 +417,8 @@ sub check_invariants
       if defined $expect{unique};
     is($s->{duplicate_dropped}, $expect{duplicates}, "$name: duplicate_dropped")
       if defined $expect{duplicates};
+    is($s->{expired}, $expect{expired}, "$name: expired")
+      if defined $expect{expired};
     return $s;
 }
 

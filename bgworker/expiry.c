@@ -1,0 +1,187 @@
+/*
+ * expiry.c
+ *		The expiry background worker: while aggr.retention or
+ *		aggr.dedup_window asks for it, runs expiry batches in aggr.database,
+ *		one short transaction each (extension/expire.h), back to back while a
+ *		backlog lasts, then once a second.
+ *
+ * A batch commits with synchronous_commit off: a batch lost in a crash is
+ * only done again (the batch and its counts commit together, or not at
+ * all).  Errors are logged and the batch is tried again after a pause.
+ */
+#include "postgres.h"
+
+#include "../extension/aggr.h"
+#include "../extension/expire.h"
+#include "expiry.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PGDLLEXPORT void AggrExpiryMain(Datum main_arg);
+
+/* How long the worker rests when there is nothing to expire yet. */
+#define AGGR_EXPIRY_NAP_MS 1000
+/* ... when retention is off (a reload wakes it), or after an error */
+#define AGGR_EXPIRY_IDLE_MS 60000
+#define AGGR_EXPIRY_RETRY_MS 5000
+
+/* A backlog this large is reported in the log when it is done. */
+#define AGGR_EXPIRY_REPORT_EVENTS 100000
+
+static void
+Nap(int ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * One batch in a transaction of its own; false when aggr is not installed
+ * in aggr.database.
+ */
+static bool
+RunBatch(AggrExpiryResult *result)
+{
+	bool		installed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	installed = OidIsValid(get_extension_oid("aggr", true));
+	if (installed)
+	{
+		pgstat_report_activity(STATE_RUNNING, "aggr expiry batch");
+		AggrExpireBatch(aggr_retention > 0,
+						GetCurrentTimestamp() - (TimestampTz) aggr_retention * USECS_PER_SEC,
+						AGGR_EXPIRE_BATCH, result);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return installed;
+}
+
+/*
+ * RunBatch, its errors logged and rolled back; returns how long to rest
+ * before the next batch (0: go on at once).
+ */
+static int
+TryBatch(MemoryContext context, AggrExpiryResult *result)
+{
+	static bool warned_missing = false;
+	volatile int nap = AGGR_EXPIRY_NAP_MS;
+
+	PG_TRY();
+	{
+		bool		installed = RunBatch(result);
+
+		if (!installed && !warned_missing)
+			ereport(LOG,
+					(errmsg("aggr expiry: extension aggr is not installed in database \"%s\"; waiting",
+							aggr_database)));
+		warned_missing = !installed;
+		if (!installed)
+			nap = AGGR_EXPIRY_IDLE_MS / 6;
+		else if (result->more_to_expire || result->more_to_forget)
+			nap = 0;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		memset(result, 0, sizeof(*result));
+		nap = AGGR_EXPIRY_RETRY_MS;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	return nap;
+}
+
+void
+AggrExpiryMain(Datum main_arg)
+{
+	MemoryContext batch_context;
+	int64		backlog_expired = 0;
+	int64		backlog_forgotten = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(aggr_database, NULL, 0);
+	SetConfigOption("application_name", MyBgworkerEntry->bgw_name, PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(MyBgworkerEntry->bgw_name);
+	batch_context = AllocSetContextCreate(TopMemoryContext, "aggr expiry batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("aggr expiry started in database \"%s\"", aggr_database)));
+
+	for (;;)
+	{
+		AggrExpiryResult result = {0};
+		int			nap;
+
+		if (!AggrRetentionEnabled())
+		{
+			Nap(AGGR_EXPIRY_IDLE_MS);
+			continue;
+		}
+		MemoryContextSwitchTo(batch_context);
+		MemoryContextReset(batch_context);
+		nap = TryBatch(batch_context, &result);
+		backlog_expired += result.expired;
+		backlog_forgotten += result.forgotten;
+		if (nap == 0)
+		{
+			CHECK_FOR_INTERRUPTS();
+			continue;
+		}
+		if (backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
+			ereport(LOG,
+					(errmsg("aggr expiry: caught up, having expired " INT64_FORMAT
+							" events and forgotten " INT64_FORMAT " keys",
+							backlog_expired, backlog_forgotten)));
+		backlog_expired = backlog_forgotten = 0;
+		Nap(nap);
+	}
+}
+
+/* Registers the expiry worker; called from _PG_init at preload. */
+void
+AggrRegisterExpiry(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "aggr");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "AggrExpiryMain");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "aggr expiry");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "aggr expiry");
+	RegisterBackgroundWorker(&worker);
+}

@@ -1,0 +1,69 @@
+/*
+ * expire.h
+ *		Retention (expire.c): events ingested longer ago than aggr.retention
+ *		expire, and the keys of expired events are forgotten once
+ *		aggr.dedup_window has passed.  The background worker
+ *		(bgworker/expiry.c) and aggr_expire() run the same batches.
+ *
+ * An event expires in place: one UPDATE empties its payload and sets
+ * expired_at.  The row, now a tombstone, keeps its key in the primary key, so
+ * a re-sent event meets it there through ingest's ON CONFLICT DO NOTHING
+ * exactly as before expiry: there is no moment at which the key is in neither
+ * place, hence no race with ingest.  Once aggr.dedup_window has passed since
+ * expired_at, the tombstone is deleted and the key forgotten: an event
+ * re-sent after that is stored as new.  With aggr.dedup_window = 0, expiry
+ * deletes the event at once.
+ *
+ * Order.  A batch locks aggr.expiry's row (so expiries run one at a time),
+ * reads the watermark W (watermark.h), then takes the live events after
+ * aggr.expiry.expired_upto, up to W, in seq order.  Every transaction that
+ * drew a seq <= W has ended, so the batch's snapshot, taken after W, holds
+ * every event with seq <= W that will ever exist.  The batch expires the
+ * prefix ingested before the cutoff, stops at the first younger event, and
+ * moves expired_upto to the last seq it expired: every event at or below it
+ * is expired, so the next batch starts there and never walks old index
+ * entries.  Forgetting walks the tombstones after forgotten_upto the same
+ * way.  An event is therefore expired no sooner than aggr.retention after
+ * its ingest (later when an older transaction holds W, or when younger
+ * events sit before it in seq), and forgotten no sooner than
+ * aggr.dedup_window after its expiry.
+ *
+ * Counts.  The statement that expires also adds what it expired to counter
+ * shard -1, which no ingest writes, so unique_processed = live events +
+ * expired at every commit.  Expiry never waits for an ingest: no ingest locks
+ * a committed event, shard -1 or aggr.expiry.  An ingest of a duplicate of an
+ * event being expired waits for that one batch to commit.
+ */
+#ifndef AGGR_EXPIRE_H
+#define AGGR_EXPIRE_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+
+/* Events (and tombstones) one batch handles: a short transaction. */
+#define AGGR_EXPIRE_BATCH 1000
+
+/* aggr.dedup_window's value for "remember keys forever" */
+#define AGGR_DEDUP_FOREVER (-1)
+
+typedef struct AggrExpiryResult
+{
+	int64		expired;
+	int64		forgotten;
+	bool		more_to_expire; /* the batch was full: call again at once */
+	bool		more_to_forget;
+} AggrExpiryResult;
+
+/* True when aggr.retention or aggr.dedup_window gives expiry work to do. */
+extern bool AggrRetentionEnabled(void);
+
+/*
+ * One batch in the current transaction, which must be READ COMMITTED: expire
+ * up to limit live events ingested before cutoff (none when expire is
+ * false), then forget up to limit tombstones per aggr.dedup_window.
+ */
+extern void AggrExpireBatch(bool expire, TimestampTz cutoff, int limit,
+							AggrExpiryResult *result);
+
+#endif							/* AGGR_EXPIRE_H */
