@@ -101,7 +101,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 
 	/*
 	 * numbers of the stats object, one level deep, then per-topic counts (t)
-	 * and per-topic expired (x)
+	 * and per-topic expired (x), by kind: each metric's lines come together
 	 */
 	[AGGR_STMT_METRICS] = {
 		"aggr_metrics",
@@ -118,7 +118,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"jsonb_array_elements(CASE WHEN jsonb_typeof(s.s->'topics') = "
 		"'array' THEN s.s->'topics' ELSE '[]' END) AS t, "
 		"(VALUES ('t', 'count'), ('x', 'expired')) AS k(kind, field) "
-		"ORDER BY 1, 2 COLLATE \"C\"",
+		"ORDER BY 1",
 		0, {0}
 	},
 };

@@ -298,6 +298,21 @@ like($r->{body},
     'metrics: latency histogram');
 like($r->{body}, qr/^aggr_database_up 1$/m, 'metrics: database up');
 
+# retention: expired events leave /events; /stats and /metrics count them
+$node->safe_psql('postgres', q{SELECT aggr_expire('0 s')});
+$st = stats($port);
+is($st->{expired}, $st->{unique_processed}, 'expired: /stats counts every expired event');
+my ($orders) = grep { $_->{topic} eq 'orders' } @{ $st->{topics} };
+is_deeply([ $orders->{count}, $orders->{expired} ], [ 6, 6 ], 'expired: per topic in /stats');
+is_deeply(json(http($port, 'GET', '/events?topic=orders')), [], 'expired: gone from /events');
+$r = http($port, 'GET', '/metrics');
+like($r->{body}, qr/^aggr_expired_total $st->{expired}$/m, 'metrics: expired');
+like($r->{body}, qr/^# TYPE aggr_topic_expired_total counter$/m, 'metrics: per-topic expired is a counter');
+like($r->{body}, qr/^aggr_topic_expired_total\{topic="orders"\} 6$/m, 'metrics: expired per topic');
+like($r->{body}, qr/^aggr_topic_events\{topic="orders"\} 6$/m, 'metrics: per-topic count unchanged');
+$r = publish($port, event('orders', 'e-1'));
+is(json($r)->{duplicates}, 1, 'expired: its key still deduplicates over HTTP');
+
 # seed 12: a PostgreSQL restart keeps dedup and counters; the sidecar rides it
 $before = stats($port);
 my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events');

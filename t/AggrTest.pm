@@ -397,16 +397,21 @@ sub check_ledger
 sub check_invariants
 {
     my ($node, $name, %expect) = @_;
-    my $s    = stats($node);
-    my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM aggr.events WHERE expired_at IS NULL');
-    # the topics whose count in aggr_stats() is not their live rows + expired
-    my $off_topics = $node->safe_psql('postgres',
-        q{SELECT count(*) FROM
+    stats($node);    # waits out a server that is still starting
+    # one snapshot for the stats and the rows: expiry may be running
+    my ($json, $rows, $off_topics) = split(/\n/, $node->safe_psql('postgres', q{
+        BEGIN ISOLATION LEVEL REPEATABLE READ;
+        SELECT aggr_stats();
+        SELECT count(*) FROM aggr.events WHERE expired_at IS NULL;
+        -- the topics whose count in aggr_stats() is not their live rows + expired
+        SELECT count(*) FROM
             (SELECT t ->> 'topic' AS topic, (t ->> 'count')::bigint - (t ->> 'expired')::bigint AS n
                FROM jsonb_array_elements(aggr_stats() -> 'topics') t) s
             FULL JOIN (SELECT topic, count(*) AS n FROM aggr.events
                        WHERE expired_at IS NULL GROUP BY topic) r USING (topic)
-          WHERE coalesce(s.n, 0) IS DISTINCT FROM coalesce(r.n, 0)});
+          WHERE coalesce(s.n, 0) IS DISTINCT FROM coalesce(r.n, 0);
+        COMMIT;}));
+    my $s = decode_json($json);
     is($s->{unique_processed}, $rows + $s->{expired}, "$name: unique_processed = count(*) + expired");
     is($off_topics, 0, "$name: each topic's count = its rows + its expired");
     is($s->{received}, $s->{unique_processed} + $s->{duplicate_dropped},
