@@ -19,6 +19,9 @@ my %what = (
     stream_none => 'SELECT aggr_ingest(batch), sidecar running, no stream subscriber',
     stream_200 => 'the same with 200 GET /events/stream subscribers reading (p50/p99: commit to subscriber)',
     stream_idle_1000 => 'aggr-sidecar with 1,000 idle GET /events/stream subscribers (RSS)',
+    retention_off  => 'SELECT aggr_ingest(batch), aggr preloaded, retention off',
+    retention_tomb => 'the same while the expiry worker expires them (aggr.retention = 1s, tombstones kept)',
+    retention_del  => 'the same, deleting at expiry (aggr.dedup_window = 0)',
 );
 print "| workload | events | events/s | × raw | p50 ms | p99 ms | peak RSS |\n";
 print "|---|---:|---:|---:|---:|---:|---:|\n";

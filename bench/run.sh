@@ -17,12 +17,16 @@
 #            reading (20 per topic) vs none; commit-to-subscriber latency of
 #            one-event probes under that load; sidecar RSS with 1,000 idle
 #            streams
+#   retention  aggr_ingest of 1,000,000 events while the expiry worker
+#            expires them (aggr.retention = 1s) vs with retention off: with
+#            tombstones (aggr.dedup_window forever), and deleting at once
+#            (aggr.dedup_window = 0); how many had expired when the run ended
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
 # (35 % duplicates), the same batches for every workload (make_batches).
 # SQL runs alternate raw and ingest three times, broker runs drain and
 # publish three times; each keeps its median.
-# BENCH_SIZES="20000 1000000", BENCH_PHASES="sql http stream broker" (a
+# BENCH_SIZES="20000 1000000", BENCH_PHASES="sql http stream retention broker" (a
 # subset runs only those) and BENCH_LARGE=1 (aggr_ingest at 10 M stored
 # events) tune it.  Results: bench/out/results.{csv,md} and results.png.
 set -euo pipefail
@@ -32,7 +36,7 @@ aggr_install_deps
 . "$src/tools/servers.sh"
 
 sizes=${BENCH_SIZES:-"20000 200000 1000000"}
-phases=${BENCH_PHASES:-"sql http stream broker"}
+phases=${BENCH_PHASES:-"sql http stream retention broker"}
 phase() { [[ " $phases " == *" $1 "* ]]; }
 out="$src/bench/out"
 mkdir -p "$out"
@@ -199,6 +203,40 @@ if phase stream; then
     record stream_idle_1000 0 "" "" "" "$rss_idle"
     echo "sidecar RSS: $rss_before kB without streams, $rss_idle kB with 1,000 idle streams"
     sidecar_stop
+fi
+
+if phase retention; then
+    echo "=== Retention: aggr_ingest while the expiry worker expires (aggr.retention = 1s) vs retention off"
+    n=1000000
+    raw_var="raw_$n"; raw=${!raw_var:-}
+    [ "$(sql -c 'SELECT count(*) FROM bench_batches')" = $(( n / 500 )) ] || make_batches "$n"
+    [ -n "$raw" ] || raw=$(pgbench_rate "$src/bench/raw.sql" "$n")
+    retention() {   # retention dedup_window: reloads, and waits for the worker to have it
+        sql -c "ALTER SYSTEM SET aggr.retention = '$1'" -c "ALTER SYSTEM SET aggr.dedup_window = '$2'" \
+            -c "SELECT pg_reload_conf()" >/dev/null
+        sleep 1.5
+    }
+    # events/s of one run, and the share of its unique events expired when it ended
+    retention_run() {
+        local rate
+        rate=$(pgbench_rate "$src/bench/ingest.sql" "$n")
+        echo "$rate $(sql -c "SELECT round(sum(expired)::numeric / greatest(sum(unique_processed), 1), 2) FROM aggr.counters")"
+    }
+    offs=() tombs=() deletes=()
+    for rep in 1 2 3; do
+        retention 0 -1;  offs+=("$(retention_run)")
+        retention 1s -1; tombs+=("$(retention_run)")
+        retention 1s 0;  deletes+=("$(retention_run)")
+        echo "  run $rep: off ${offs[-1]%% *}, tombstones ${tombs[-1]} expired, delete ${deletes[-1]} expired (events/s, share)"
+    done
+    retention 0 -1
+    off=$(printf '%s\n' "${offs[@]}" | median)
+    record retention_off "$n" "$off" "" "" ""
+    record retention_tomb "$n" "$(printf '%s\n' "${tombs[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" "" "" ""
+    record retention_del "$n" "$(printf '%s\n' "${deletes[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" "" "" ""
+    awk -v o="$off" -v t="$(printf '%s\n' "${tombs[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" \
+        -v d="$(printf '%s\n' "${deletes[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" \
+        'BEGIN { printf "retention: with tombstones %.2f x off, deleting at once %.2f x off\n", t / o, d / o }'
 fi
 
 if phase broker; then
