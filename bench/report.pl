@@ -21,6 +21,7 @@ my %what = (
     stream_idle_1000 => 'aggr-sidecar with 1,000 idle GET /events/stream subscribers (RSS)',
     retention_off  => 'SELECT aggr_ingest(batch), aggr preloaded, retention off',
     retention_tomb => 'the same while the expiry worker expires them (aggr.retention = 1s, tombstones kept)',
+    retention_tomb_ff80 => 'the same with aggr.events at fillfactor 80 (expiry as HOT updates)',
     retention_del  => 'the same, deleting at expiry (aggr.dedup_window = 0)',
 );
 print "| workload | events | events/s | × raw | p50 ms | p99 ms | peak RSS |\n";

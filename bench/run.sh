@@ -19,8 +19,9 @@
 #            streams
 #   retention  aggr_ingest of 1,000,000 events while the expiry worker
 #            expires them (aggr.retention = 1s) vs with retention off: with
-#            tombstones (aggr.dedup_window forever), and deleting at once
-#            (aggr.dedup_window = 0); how many had expired when the run ended
+#            tombstones (aggr.dedup_window forever; at aggr.events' fillfactor
+#            100 and 80), and deleting at once (aggr.dedup_window = 0); how
+#            many had expired when the run ended
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
 # (35 % duplicates), the same batches for every workload (make_batches).
@@ -222,21 +223,27 @@ if phase retention; then
         rate=$(pgbench_rate "$src/bench/ingest.sql" "$n")
         echo "$rate $(sql -c "SELECT round(sum(expired)::numeric / greatest(sum(unique_processed), 1), 2) FROM aggr.counters")"
     }
-    offs=() tombs=() deletes=()
+    fillfactor() { sql -c "ALTER TABLE aggr.events SET (fillfactor = $1)" >/dev/null; }
+    mid() { sort -n | sed -n 2p | cut -d' ' -f1; }   # the median of three "rate share" lines
+    offs=() tombs=() tombs80=() deletes=()
     for rep in 1 2 3; do
         retention 0 -1;  offs+=("$(retention_run)")
         retention 1s -1; tombs+=("$(retention_run)")
+        fillfactor 80;   tombs80+=("$(retention_run)"); fillfactor 100
         retention 1s 0;  deletes+=("$(retention_run)")
-        echo "  run $rep: off ${offs[-1]%% *}, tombstones ${tombs[-1]} expired, delete ${deletes[-1]} expired (events/s, share)"
+        echo "  run $rep (events/s, share expired): off ${offs[-1]%% *}, tombstones ${tombs[-1]}," \
+            "tombstones at fillfactor 80 ${tombs80[-1]}, delete ${deletes[-1]}"
     done
     retention 0 -1
     off=$(printf '%s\n' "${offs[@]}" | median)
+    tomb=$(printf '%s\n' "${tombs[@]}" | mid)
+    tomb80=$(printf '%s\n' "${tombs80[@]}" | mid)
+    del=$(printf '%s\n' "${deletes[@]}" | mid)
     record retention_off "$n" "$off" "" "" ""
-    record retention_tomb "$n" "$(printf '%s\n' "${tombs[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" "" "" ""
-    record retention_del "$n" "$(printf '%s\n' "${deletes[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" "" "" ""
-    awk -v o="$off" -v t="$(printf '%s\n' "${tombs[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" \
-        -v d="$(printf '%s\n' "${deletes[@]}" | sort -n | sed -n 2p | cut -d' ' -f1)" \
-        'BEGIN { printf "retention: with tombstones %.2f x off, deleting at once %.2f x off\n", t / o, d / o }'
+    record retention_tomb "$n" "$tomb" "" "" ""
+    record retention_tomb_ff80 "$n" "$tomb80" "" "" ""
+    record retention_del "$n" "$del" "" "" ""
+    awk -v o="$off" -v t="$tomb" -v t8="$tomb80" -v d="$del" 'BEGIN { printf "retention: with tombstones %.2f x off (%.2f at fillfactor 80), deleting at once %.2f x off\n", t / o, t8 / o, d / o }'
 fi
 
 if phase broker; then

@@ -5,9 +5,11 @@
  *		one short transaction each (extension/expire.h), back to back while a
  *		backlog lasts, then once a second.
  *
- * A batch commits with synchronous_commit off: a batch lost in a crash is
- * only done again (the batch and its counts commit together, or not at
- * all).  Errors are logged and the batch is tried again after a pause.
+ * A reload applies before the next batch, in a backlog too.  The worker
+ * does not wait for an aggr_expire() running meanwhile: it rests and tries
+ * again.  A batch commits with synchronous_commit off: a batch lost in a
+ * crash is only done again (the batch and its counts commit together, or not
+ * at all).  Errors are logged and the batch is tried again after a pause.
  */
 #include "postgres.h"
 
@@ -16,6 +18,7 @@
 #include "expiry.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -25,6 +28,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -41,12 +45,8 @@ PGDLLEXPORT void AggrExpiryMain(Datum main_arg);
 #define AGGR_EXPIRY_REPORT_EVENTS 100000
 
 static void
-Nap(int ms)
+ReloadIfPending(void)
 {
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
@@ -54,54 +54,85 @@ Nap(int ms)
 	}
 }
 
-/*
- * One batch in a transaction of its own; false when aggr is not installed
- * in aggr.database.
- */
-static bool
+static void
+Nap(int ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+typedef enum Schema
+{
+	SCHEMA_MISSING,				/* no CREATE EXTENSION aggr in aggr.database */
+	SCHEMA_OLD,					/* an aggr before 0.4: ALTER EXTENSION aggr
+								 * UPDATE */
+	SCHEMA_READY
+} Schema;
+
+static Schema
+CurrentSchema(void)
+{
+	Oid			namespace;
+
+	if (!OidIsValid(get_extension_oid("aggr", true)))
+		return SCHEMA_MISSING;
+	namespace = get_namespace_oid("aggr", true);
+	if (!OidIsValid(namespace) || !OidIsValid(get_relname_relid("expiry", namespace)))
+		return SCHEMA_OLD;
+	return SCHEMA_READY;
+}
+
+/* One batch in a transaction of its own, unless aggr is not ready. */
+static Schema
 RunBatch(AggrExpiryResult *result)
 {
-	bool		installed;
+	Schema		schema;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	installed = OidIsValid(get_extension_oid("aggr", true));
-	if (installed)
+	schema = CurrentSchema();
+	if (schema == SCHEMA_READY)
 	{
 		pgstat_report_activity(STATE_RUNNING, "aggr expiry batch");
-		AggrExpireBatch(aggr_retention > 0,
-						GetCurrentTimestamp() - (TimestampTz) aggr_retention * USECS_PER_SEC,
-						AGGR_EXPIRE_BATCH, result);
+		AggrExpireBatch(aggr_retention > 0 ?
+						GetCurrentTimestamp() - (TimestampTz) aggr_retention * USECS_PER_SEC :
+						DT_NOBEGIN,
+						AGGR_EXPIRE_BATCH, false, result);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return installed;
+	return schema;
 }
 
 /*
  * RunBatch, its errors logged and rolled back; returns how long to rest
- * before the next batch (0: go on at once).
+ * before the next batch (0: go on at once), AGGR_EXPIRY_RETRY_MS after an
+ * error.
  */
 static int
 TryBatch(MemoryContext context, AggrExpiryResult *result)
 {
-	static bool warned_missing = false;
+	static Schema logged = SCHEMA_READY;
 	volatile int nap = AGGR_EXPIRY_NAP_MS;
 
 	PG_TRY();
 	{
-		bool		installed = RunBatch(result);
+		Schema		schema = RunBatch(result);
 
-		if (!installed && !warned_missing)
+		if (schema != SCHEMA_READY && schema != logged)
 			ereport(LOG,
-					(errmsg("aggr expiry: extension aggr is not installed in database \"%s\"; waiting",
-							aggr_database)));
-		warned_missing = !installed;
-		if (!installed)
+					(errmsg(schema == SCHEMA_MISSING ?
+							"aggr expiry: extension aggr is not installed in database \"%s\"; waiting" :
+							"aggr expiry: extension aggr in database \"%s\" is older than 0.4; waiting",
+							aggr_database),
+					 schema == SCHEMA_OLD ? errhint("Run ALTER EXTENSION aggr UPDATE there.") : 0));
+		logged = schema;
+		if (schema != SCHEMA_READY)
 			nap = AGGR_EXPIRY_IDLE_MS / 6;
-		else if (result->more_to_expire || result->more_to_forget)
+		else if (!result->busy && (result->more_to_expire || result->more_to_forget))
 			nap = 0;
 	}
 	PG_CATCH();
@@ -144,6 +175,12 @@ AggrExpiryMain(Datum main_arg)
 		AggrExpiryResult result = {0};
 		int			nap;
 
+		/*
+		 * before every batch, so a new setting applies in the middle of a
+		 * backlog too
+		 */
+		CHECK_FOR_INTERRUPTS();
+		ReloadIfPending();
 		if (!AggrRetentionEnabled())
 		{
 			Nap(AGGR_EXPIRY_IDLE_MS);
@@ -155,11 +192,9 @@ AggrExpiryMain(Datum main_arg)
 		backlog_expired += result.expired;
 		backlog_forgotten += result.forgotten;
 		if (nap == 0)
-		{
-			CHECK_FOR_INTERRUPTS();
 			continue;
-		}
-		if (backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
+		if (nap != AGGR_EXPIRY_RETRY_MS &&
+			backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
 			ereport(LOG,
 					(errmsg("aggr expiry: caught up, having expired " INT64_FORMAT
 							" events and forgotten " INT64_FORMAT " keys",

@@ -1,24 +1,18 @@
 /*
  * aggr--0.3--0.4.sql: from 0.3 to 0.4.
- * - Retention (extension/expire.h): aggr.events gains expired_at; an
- *   expired event stays as a tombstone (payload emptied) while its key is
- *   remembered.  The seq indexes are rebuilt to hold live events only (this
- *   reads the whole table once, holding off ingest meanwhile), and a third
- *   one lists tombstones.  aggr.counters gains expired (shard -1 is
+ * - Retention (extension/expire.h): aggr.events gains expired_at (no
+ *   rewrite); an expired event stays as a tombstone (payload emptied) while
+ *   its key is remembered.  aggr.counters gains expired (shard -1 is
  *   expiry's), aggr.expiry records how far expiry has got, aggr_expire()
  *   expires by hand or from pg_cron, and aggr_stats() reports expired.
- * - aggr_events_page() and so aggr_events() read live events only.
+ * - aggr_events_page() and so aggr_events() return live events only,
+ *   starting after the last seq expiry has passed.
  * - aggr_expire() is granted to nobody (see 0.2--0.3).
  */
 
 \echo Use "ALTER EXTENSION aggr UPDATE TO '0.4'" to load this file. \quit
 
 ALTER TABLE aggr.events ADD COLUMN expired_at timestamptz;
-DROP INDEX aggr.events_seq_idx;
-DROP INDEX aggr.events_topic_seq_idx;
-CREATE INDEX events_seq_idx ON aggr.events (seq) WHERE expired_at IS NULL;
-CREATE INDEX events_topic_seq_idx ON aggr.events (topic, seq) WHERE expired_at IS NULL;
-CREATE INDEX events_expired_seq_idx ON aggr.events (seq) WHERE expired_at IS NOT NULL;
 COMMENT ON TABLE aggr.events IS 'aggr: each (topic, event_id) accepted, exactly once; expired ones as tombstones (expired_at set) while their keys are remembered';
 
 ALTER TABLE aggr.counters ADD COLUMN expired bigint NOT NULL DEFAULT 0;
@@ -26,8 +20,8 @@ COMMENT ON TABLE aggr.counters IS 'aggr: received, unique, duplicate and expired
 
 /*
  * Where expiry and forgetting have got to: every event with seq <=
- * expired_upto is expired, every tombstone with seq <= forgotten_upto is
- * deleted.  Its one row is locked by each expiry batch, so expiries run one
+ * expired_upto is expired (a tombstone, or deleted), every event with seq <=
+ * forgotten_upto is deleted.  Its one row is locked by each expiry batch, so expiries run one
  * at a time (and never wait on an ingest).  Not dumped: after a restore both
  * start again from 0, which only costs one walk.
  */
@@ -56,8 +50,10 @@ COMMENT ON FUNCTION aggr_expire(interval, integer) IS
  * carries W (upto), which can go down between two readings, so a follower
  * goes on from the W its page was cut at: every event with after < seq <=
  * upto is on the page unless it holds "limit" events (then every one up to
- * its last seq).  VOLATILE: the page's query takes its snapshot after W is
- * read, which a STABLE function's would not.
+ * its last seq).  Expired events are left out (a tombstone is no event); the
+ * page starts after the last seq expiry has passed.  VOLATILE: the page's
+ * query takes its snapshot after W is read, which a STABLE function's would
+ * not.
  */
 CREATE OR REPLACE FUNCTION aggr_events_page(topic text DEFAULT NULL, "limit" integer DEFAULT 1000,
                                  after bigint DEFAULT NULL)
@@ -68,6 +64,7 @@ AS $$
 DECLARE
     cut bigint;
     waiting boolean;
+    start_after bigint;
 BEGIN
     IF aggr_events_page."limit" IS NULL OR aggr_events_page."limit" NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 10000'
@@ -88,21 +85,23 @@ BEGIN
                   HINT = 'Read events from the primary, or query aggr.events directly knowing that.';
     END IF;
     SELECT w.upto, w.pending INTO cut, waiting FROM @extschema@.aggr_events_watermark() w;
+    -- every event up to expired_upto is expired: no need to walk past them
+    SELECT greatest(coalesce(aggr_events_page.after, 0), max(x.expired_upto)) INTO start_after
+      FROM aggr.expiry x;
     -- two queries, so that each is planned for its own index
     IF aggr_events_page.topic IS NULL THEN
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.expired_at IS NULL
-                    AND e.seq > coalesce(aggr_events_page.after, 0)
+                  WHERE e.seq > start_after AND e.expired_at IS NULL
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
     ELSE
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.expired_at IS NULL AND e.topic = aggr_events_page.topic
-                    AND e.seq > coalesce(aggr_events_page.after, 0)
+                  WHERE e.topic = aggr_events_page.topic
+                    AND e.seq > start_after AND e.expired_at IS NULL
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
     END IF;

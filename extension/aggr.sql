@@ -20,8 +20,9 @@ COMMENT ON SCHEMA aggr IS 'aggr: stored events, counters, dead letters and consu
  * Retention (expire.h): an expired event stays as a tombstone, its payload
  * emptied and expired_at set, so that its key still deduplicates (in the same
  * unique index, with no race against ingest) until aggr.dedup_window has
- * passed; then the row is deleted.  The seq indexes hold live events only, so
- * readers never walk tombstones; expiry and forgetting walk their own.
+ * passed; then the row is deleted.  expired_at is in no index, so expiring
+ * can be a HOT update (given room on the page: a fillfactor below 100);
+ * readers skip tombstones by starting after aggr.expiry.expired_upto.
  */
 CREATE TABLE aggr.events (
     topic       text        COLLATE "C" NOT NULL,
@@ -34,9 +35,8 @@ CREATE TABLE aggr.events (
     expired_at  timestamptz,
     PRIMARY KEY (topic, event_id)
 );
-CREATE INDEX events_seq_idx ON aggr.events (seq) WHERE expired_at IS NULL;
-CREATE INDEX events_topic_seq_idx ON aggr.events (topic, seq) WHERE expired_at IS NULL;
-CREATE INDEX events_expired_seq_idx ON aggr.events (seq) WHERE expired_at IS NOT NULL;
+CREATE INDEX events_seq_idx ON aggr.events (seq);
+CREATE INDEX events_topic_seq_idx ON aggr.events (topic, seq);
 COMMENT ON TABLE aggr.events IS 'aggr: each (topic, event_id) accepted, exactly once; expired ones as tombstones (expired_at set) while their keys are remembered';
 
 /*
@@ -57,8 +57,8 @@ COMMENT ON TABLE aggr.counters IS 'aggr: received, unique, duplicate and expired
 
 /*
  * Where expiry and forgetting have got to: every event with seq <=
- * expired_upto is expired, every tombstone with seq <= forgotten_upto is
- * deleted.  Its one row is locked by each expiry batch, so expiries run one
+ * expired_upto is expired (a tombstone, or deleted), every event with seq <=
+ * forgotten_upto is deleted.  Its one row is locked by each expiry batch, so expiries run one
  * at a time (and never wait on an ingest).  Not dumped: after a restore both
  * start again from 0, which only costs one walk.
  */
@@ -152,8 +152,10 @@ COMMENT ON FUNCTION aggr_events_watermark() IS
  * carries W (upto), which can go down between two readings, so a follower
  * goes on from the W its page was cut at: every event with after < seq <=
  * upto is on the page unless it holds "limit" events (then every one up to
- * its last seq).  VOLATILE: the page's query takes its snapshot after W is
- * read, which a STABLE function's would not.
+ * its last seq).  Expired events are left out (a tombstone is no event); the
+ * page starts after the last seq expiry has passed.  VOLATILE: the page's
+ * query takes its snapshot after W is read, which a STABLE function's would
+ * not.
  */
 CREATE FUNCTION aggr_events_page(topic text DEFAULT NULL, "limit" integer DEFAULT 1000,
                                  after bigint DEFAULT NULL)
@@ -164,6 +166,7 @@ AS $$
 DECLARE
     cut bigint;
     waiting boolean;
+    start_after bigint;
 BEGIN
     IF aggr_events_page."limit" IS NULL OR aggr_events_page."limit" NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 10000'
@@ -184,21 +187,23 @@ BEGIN
                   HINT = 'Read events from the primary, or query aggr.events directly knowing that.';
     END IF;
     SELECT w.upto, w.pending INTO cut, waiting FROM @extschema@.aggr_events_watermark() w;
+    -- every event up to expired_upto is expired: no need to walk past them
+    SELECT greatest(coalesce(aggr_events_page.after, 0), max(x.expired_upto)) INTO start_after
+      FROM aggr.expiry x;
     -- two queries, so that each is planned for its own index
     IF aggr_events_page.topic IS NULL THEN
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.expired_at IS NULL
-                    AND e.seq > coalesce(aggr_events_page.after, 0)
+                  WHERE e.seq > start_after AND e.expired_at IS NULL
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
     ELSE
         RETURN QUERY
             SELECT cut, waiting, p::aggr.events
             FROM (SELECT e.* FROM aggr.events e
-                  WHERE e.expired_at IS NULL AND e.topic = aggr_events_page.topic
-                    AND e.seq > coalesce(aggr_events_page.after, 0)
+                  WHERE e.topic = aggr_events_page.topic
+                    AND e.seq > start_after AND e.expired_at IS NULL
                   ORDER BY e.seq LIMIT aggr_events_page."limit") p
             WHERE p.seq <= cut ORDER BY p.seq;
     END IF;

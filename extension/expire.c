@@ -23,30 +23,46 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 #define AGGR_EXPIRE_MAX_LIMIT 1000000
 
 /*
- * The live events after expired_upto ($2) up to the watermark ($3), at most
- * $4, in seq order; the prefix of them ingested before $1 is expired (%s:
- * made tombstones at $5, or deleted) and counted on shard -1.  Answers how
- * many, the last seq expired, and whether the batch was full of old events.
+ * The two walks share their shape.  "todo" lists rows (row_id, seq, old) in
+ * seq order, at most $4; "doomed" is the prefix of old ones; "changed" is
+ * what was done to them (RETURNING topic, seq).  The answer: how many were
+ * changed; the new mark, the last seq up to which every doomed row was
+ * changed (a row another transaction updated meanwhile is skipped, and the
+ * mark stays below it); and whether todo was full and all old (call again).
+ */
+#define WALK_DOOMED \
+"), doomed AS (" \
+"  SELECT row_id, seq FROM todo" \
+"  WHERE seq < coalesce((SELECT pg_catalog.min(seq) FROM todo WHERE NOT old)," \
+"                       9223372036854775807)"
+#define WALK_ANSWER \
+"SELECT (SELECT pg_catalog.count(*) FROM changed)," \
+"  coalesce((SELECT pg_catalog.min(d.seq) - 1 FROM doomed d" \
+"            WHERE d.seq NOT IN (SELECT c.seq FROM changed c))," \
+"           (SELECT pg_catalog.max(seq) FROM changed))," \
+"  coalesce((SELECT pg_catalog.count(*) = $4 AND pg_catalog.bool_and(old) FROM todo), false)"
+
+/*
+ * Expiry: the live events after expired_upto ($2) up to the watermark ($3),
+ * old when ingested before $1; the doomed ones are made tombstones at $5 or
+ * deleted (%s), and counted on shard -1.
  */
 static const char *const expire_sql_template =
 "WITH todo AS ("
 "  SELECT e.ctid AS row_id, e.seq, e.ingested_at < $1 AS old FROM aggr.events e"
-"  WHERE e.expired_at IS NULL AND e.seq > $2 AND e.seq <= $3"
+"  WHERE e.seq > $2 AND e.seq <= $3 AND e.expired_at IS NULL"
 "  ORDER BY e.seq LIMIT $4"
-"), doomed AS ("
-"  SELECT row_id FROM todo"
-"  WHERE seq < coalesce((SELECT pg_catalog.min(seq) FROM todo WHERE NOT old), $3 + 1)"
-"), expired AS ("
+WALK_DOOMED
+"), changed AS ("
 "  %s"
 "  RETURNING e.topic, e.seq"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c (topic, shard, expired)"
-"  SELECT topic, -1, pg_catalog.count(*) FROM expired"
+"  SELECT topic, -1, pg_catalog.count(*) FROM changed"
 "  GROUP BY topic ORDER BY topic COLLATE \"C\""
 "  ON CONFLICT (topic, shard) DO UPDATE SET expired = c.expired + excluded.expired"
 ")"
-"SELECT (SELECT pg_catalog.count(*) FROM expired), (SELECT pg_catalog.max(seq) FROM expired),"
-"  coalesce((SELECT pg_catalog.count(*) = $4 AND pg_catalog.bool_and(old) FROM todo), false)";
+WALK_ANSWER;
 
 static const char *const make_tombstones =
 "UPDATE aggr.events e SET payload = '{}', expired_at = $5 FROM doomed d WHERE e.ctid = d.row_id";
@@ -54,27 +70,42 @@ static const char *const delete_events =
 "DELETE FROM aggr.events e USING doomed d WHERE e.ctid = d.row_id";
 
 /*
- * The tombstones after forgotten_upto ($2), at most $3, in seq order; the
- * prefix of them expired before $1 is deleted.  Same answer as above.
+ * Forgetting: the tombstones after forgotten_upto ($2) up to expired_upto
+ * ($3), old when expired before $1; the doomed ones are deleted.
  */
 static const char *const forget_sql =
 "WITH todo AS ("
 "  SELECT e.ctid AS row_id, e.seq, e.expired_at < $1 AS old FROM aggr.events e"
-"  WHERE e.expired_at IS NOT NULL AND e.seq > $2"
-"  ORDER BY e.seq LIMIT $3"
-"), gone AS ("
-"  DELETE FROM aggr.events e USING todo t WHERE e.ctid = t.row_id"
-"    AND t.seq < coalesce((SELECT pg_catalog.min(seq) FROM todo WHERE NOT old),"
-"                         9223372036854775807)"
-"  RETURNING e.seq"
+"  WHERE e.seq > $2 AND e.seq <= $3 AND e.expired_at IS NOT NULL"
+"  ORDER BY e.seq LIMIT $4"
+WALK_DOOMED
+"), changed AS ("
+"  DELETE FROM aggr.events e USING doomed d WHERE e.ctid = d.row_id"
+"  RETURNING e.topic, e.seq"
 ")"
-"SELECT (SELECT pg_catalog.count(*) FROM gone), (SELECT pg_catalog.max(seq) FROM gone),"
-"  coalesce((SELECT pg_catalog.count(*) = $3 AND pg_catalog.bool_and(old) FROM todo), false)";
+WALK_ANSWER;
+
+/*
+ * Whether a walk has work, read without a lock: the first event after each
+ * mark is old.  So an idle expiry writes nothing (no transaction id, no WAL).
+ */
+static const char *const due_sql =
+"SELECT x.expired_upto, x.forgotten_upto,"
+"  coalesce((SELECT e.ingested_at < $1 FROM aggr.events e"
+"            WHERE e.seq > x.expired_upto AND e.seq <= $3 AND e.expired_at IS NULL"
+"            ORDER BY e.seq LIMIT 1), false)"
+"  OR coalesce((SELECT e.expired_at < $2 FROM aggr.events e"
+"               WHERE e.seq > x.forgotten_upto AND e.seq <= x.expired_upto"
+"                 AND e.expired_at IS NOT NULL"
+"               ORDER BY e.seq LIMIT 1), false)"
+"FROM aggr.expiry x";
 
 static SPIPlanPtr tombstone_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr forget_plan = NULL;
+static SPIPlanPtr due_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr lock_nowait_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
 
 bool
@@ -83,16 +114,15 @@ AggrRetentionEnabled(void)
 	return aggr_retention > 0 || aggr_dedup_window != AGGR_DEDUP_FOREVER;
 }
 
-static int64
-Int64Column(int column, bool *isnull)
+static Datum
+Column(int column, bool *isnull)
 {
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									   column, isnull));
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, column, isnull);
 }
 
 /*
- * Runs one of the walks; returns how many rows it changed, moves *mark to
- * the last seq it changed, and tells whether the walk stopped for the limit.
+ * Runs one of the walks; returns how many rows it changed, moves *mark, and
+ * tells whether the walk stopped for the limit.
  */
 static int64
 Walk(SPIPlanPtr plan, Datum *values, int64 *mark, bool *more)
@@ -103,80 +133,137 @@ Walk(SPIPlanPtr plan, Datum *values, int64 *mark, bool *more)
 
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "aggr expiry statement failed");
-	changed = Int64Column(1, &isnull);
-	last = Int64Column(2, &isnull);
+	changed = DatumGetInt64(Column(1, &isnull));
+	last = DatumGetInt64(Column(2, &isnull));
 	if (!isnull)
 		*mark = Max(*mark, last);
-	*more = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	*more = DatumGetBool(Column(3, &isnull));
 	return changed;
 }
 
-void
-AggrExpireBatch(bool expire, TimestampTz cutoff, int limit, AggrExpiryResult *result)
+static void
+MissingRow(void)
 {
-	static Oid	expire_types[5] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, TIMESTAMPTZOID};
-	static Oid	forget_types[3] = {TIMESTAMPTZOID, INT8OID, INT4OID};
+	ereport(ERROR,
+			errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			errmsg("aggr.expiry has lost its row"),
+			errhint("INSERT INTO aggr.expiry DEFAULT VALUES restores it."));
+}
+
+void
+AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
+				AggrExpiryResult *result)
+{
+	static Oid	walk_types[5] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, TIMESTAMPTZOID};
+	static Oid	due_types[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
 	static Oid	advance_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
+	bool		forget_at_once = (aggr_dedup_window == 0);
+	bool		pending;
+	int64		upto = AggrEventsWatermark(&pending);
+	int64		last = AggrEventsLastSeq();
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz forget_before = DT_NOBEGIN;
 	int64		expired_upto;
 	int64		forgotten_upto;
-	TimestampTz now;
+	int64		was_expired_upto;
+	int64		was_forgotten_upto;
 	bool		isnull;
-	Datum		marks[3];
+	Datum		values[5];
 
 	memset(result, 0, sizeof(*result));
+	if (expire_limit <= 0)
+		expire_before = DT_NOBEGIN;
+	if (aggr_dedup_window != AGGR_DEDUP_FOREVER)
+		forget_before = now - (TimestampTz) aggr_dedup_window * USECS_PER_SEC;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	if (SPI_execute_plan(AggrPreparedPlan(&lock_plan,
-										  "SELECT expired_upto, forgotten_upto FROM aggr.expiry "
-										  "FOR UPDATE", 0, NULL),
-						 NULL, NULL, false, 0) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		ereport(ERROR,
-				errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				errmsg("aggr.expiry has lost its row"),
-				errhint("INSERT INTO aggr.expiry DEFAULT VALUES restores it."));
-	expired_upto = Int64Column(1, &isnull);
-	forgotten_upto = Int64Column(2, &isnull);
-	now = GetCurrentTimestamp();
+	values[0] = TimestampTzGetDatum(expire_before);
+	values[1] = TimestampTzGetDatum(forget_before);
+	values[2] = Int64GetDatum(upto);
+	if (SPI_execute_plan(AggrPreparedPlan(&due_plan, due_sql, 3, due_types),
+						 values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "aggr expiry: could not read aggr.expiry");
+	if (SPI_processed != 1)
+		MissingRow();
 
-	if (expire)
+	/*
+	 * the marks above the sequence: it was restarted (TRUNCATE ... RESTART
+	 * IDENTITY)
+	 */
+	if (!DatumGetBool(Column(3, &isnull)) && DatumGetInt64(Column(1, &isnull)) <= last)
 	{
-		bool		pending;
-		Datum		values[5];
-		bool		forget_at_once = (aggr_dedup_window == 0);
-		SPIPlanPtr *plan = forget_at_once ? &delete_plan : &tombstone_plan;
+		SPI_finish();
+		return;
+	}
 
-		values[0] = TimestampTzGetDatum(cutoff);
-		values[1] = Int64GetDatum(expired_upto);
-		values[2] = Int64GetDatum(AggrEventsWatermark(&pending));
-		values[3] = Int32GetDatum(limit);
-		values[4] = TimestampTzGetDatum(now);
+	/* expiries run one at a time; the worker does not wait for a caller's */
+	if (SPI_execute_plan(wait ?
+						 AggrPreparedPlan(&lock_plan, "SELECT expired_upto, forgotten_upto "
+										  "FROM aggr.expiry FOR UPDATE", 0, NULL) :
+						 AggrPreparedPlan(&lock_nowait_plan, "SELECT expired_upto, forgotten_upto "
+										  "FROM aggr.expiry FOR UPDATE SKIP LOCKED", 0, NULL),
+						 NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "aggr expiry: could not lock aggr.expiry");
+	if (SPI_processed != 1)
+	{
+		if (wait)
+			MissingRow();
+		result->busy = true;
+		SPI_finish();
+		return;
+	}
+	was_expired_upto = expired_upto = DatumGetInt64(Column(1, &isnull));
+	was_forgotten_upto = forgotten_upto = DatumGetInt64(Column(2, &isnull));
+	if (expired_upto > last)
+	{
+		ereport(LOG,
+				(errmsg("aggr expiry: aggr.events_seq_seq is at " INT64_FORMAT
+						", below the " INT64_FORMAT " expiry had got to; starting again from 0",
+						last, expired_upto)));
+		expired_upto = forgotten_upto = 0;
+	}
+
+	values[2] = Int64GetDatum(upto);
+	values[3] = Int32GetDatum(expire_limit);
+	values[4] = TimestampTzGetDatum(now);
+	if (expire_before != DT_NOBEGIN)
+	{
+		SPIPlanPtr *plan = forget_at_once ? &delete_plan : &tombstone_plan;
+		int64		before = expired_upto;
+
 		if (*plan == NULL)
 			(void) AggrPreparedPlan(plan, psprintf(expire_sql_template,
 												   forget_at_once ? delete_events : make_tombstones),
-									5, expire_types);
+									5, walk_types);
+		values[0] = TimestampTzGetDatum(expire_before);
+		values[1] = Int64GetDatum(expired_upto);
 		result->expired = Walk(*plan, values, &expired_upto, &result->more_to_expire);
+		/* deleted at once, with no tombstone left below: nothing to forget */
+		if (forget_at_once && forgotten_upto == before)
+			forgotten_upto = expired_upto;
 	}
-	if (aggr_dedup_window != AGGR_DEDUP_FOREVER)
+	if (forget_before != DT_NOBEGIN && forgotten_upto < expired_upto)
 	{
-		Datum		values[3];
-
-		values[0] = TimestampTzGetDatum(now - (TimestampTz) aggr_dedup_window * USECS_PER_SEC);
+		values[0] = TimestampTzGetDatum(forget_before);
 		values[1] = Int64GetDatum(forgotten_upto);
-		values[2] = Int32GetDatum(limit);
-		result->forgotten = Walk(AggrPreparedPlan(&forget_plan, forget_sql, 3, forget_types),
+		values[2] = Int64GetDatum(expired_upto);
+		values[3] = Int32GetDatum(AGGR_EXPIRE_BATCH);
+		result->forgotten = Walk(AggrPreparedPlan(&forget_plan, forget_sql, 5, walk_types),
 								 values, &forgotten_upto, &result->more_to_forget);
 	}
 
-	marks[0] = Int64GetDatum(expired_upto);
-	marks[1] = Int64GetDatum(forgotten_upto);
-	marks[2] = TimestampTzGetDatum(now);
-	if (SPI_execute_plan(AggrPreparedPlan(&advance_plan,
-										  "UPDATE aggr.expiry SET expired_upto = $1, "
-										  "forgotten_upto = $2, last_run = $3", 3, advance_types),
-						 marks, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not advance aggr.expiry");
+	if (expired_upto != was_expired_upto || forgotten_upto != was_forgotten_upto)
+	{
+		values[0] = Int64GetDatum(expired_upto);
+		values[1] = Int64GetDatum(forgotten_upto);
+		values[2] = TimestampTzGetDatum(now);
+		if (SPI_execute_plan(AggrPreparedPlan(&advance_plan,
+											  "UPDATE aggr.expiry SET expired_upto = $1, "
+											  "forgotten_upto = $2, last_run = $3", 3, advance_types),
+							 values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not advance aggr.expiry");
+	}
 	SPI_finish();
 }
 
@@ -234,8 +321,8 @@ aggr_expire(PG_FUNCTION_ARGS)
 
 	do
 	{
-		AggrExpireBatch(expire && expired < limit, cutoff,
-						Min(AGGR_EXPIRE_BATCH, Max(limit - expired, 1)), &batch);
+		AggrExpireBatch(expire ? cutoff : DT_NOBEGIN, (int) Min(AGGR_EXPIRE_BATCH, limit - expired),
+						true, &batch);
 		expired += batch.expired;
 		forgotten += batch.forgotten;
 	} while ((batch.more_to_expire && expired < limit) ||

@@ -12,7 +12,9 @@
  * place, hence no race with ingest.  Once aggr.dedup_window has passed since
  * expired_at, the tombstone is deleted and the key forgotten: an event
  * re-sent after that is stored as new.  With aggr.dedup_window = 0, expiry
- * deletes the event at once.
+ * deletes the event at once.  No index holds payload or expired_at, so the
+ * UPDATE is a HOT one (no index entry added) where the page has room: with
+ * aggr.events' fillfactor at 80 most are, and expiry costs a third.
  *
  * Order.  A batch locks aggr.expiry's row (so expiries run one at a time),
  * reads the watermark W (watermark.h), then takes the live events after
@@ -21,8 +23,9 @@
  * every event with seq <= W that will ever exist.  The batch expires the
  * prefix ingested before the cutoff, stops at the first younger event, and
  * moves expired_upto to the last seq it expired: every event at or below it
- * is expired, so the next batch starts there and never walks old index
- * entries.  Forgetting walks the tombstones after forgotten_upto the same
+ * is expired, so the next batch starts there, and so do readers
+ * (aggr_events_page), who never walk tombstones.  Forgetting walks the
+ * tombstones between forgotten_upto and expired_upto the same
  * way.  An event is therefore expired no sooner than aggr.retention after
  * its ingest (later when an older transaction holds W, or when younger
  * events sit before it in seq), and forgotten no sooner than
@@ -53,17 +56,21 @@ typedef struct AggrExpiryResult
 	int64		forgotten;
 	bool		more_to_expire; /* the batch was full: call again at once */
 	bool		more_to_forget;
+	bool		busy;			/* another expiry holds aggr.expiry (wait =
+								 * false) */
 } AggrExpiryResult;
 
 /* True when aggr.retention or aggr.dedup_window gives expiry work to do. */
 extern bool AggrRetentionEnabled(void);
 
 /*
- * One batch in the current transaction, which must be READ COMMITTED: expire
- * up to limit live events ingested before cutoff (none when expire is
- * false), then forget up to limit tombstones per aggr.dedup_window.
+ * One batch in the current transaction, which must be READ COMMITTED:
+ * expire up to expire_limit live events ingested before expire_before
+ * (DT_NOBEGIN: none), then forget up to AGGR_EXPIRE_BATCH tombstones per
+ * aggr.dedup_window.  wait: wait for another expiry's batch to end, or else
+ * return busy.  When nothing is due it writes nothing.
  */
-extern void AggrExpireBatch(bool expire, TimestampTz cutoff, int limit,
+extern void AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 							AggrExpiryResult *result);
 
 #endif							/* AGGR_EXPIRE_H */

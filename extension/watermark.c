@@ -46,8 +46,8 @@ MyLocalTransactionId(void)
 }
 
 /* the last value aggr.events' seq handed out, 0 before the first */
-static int64
-SeqLastValue(void)
+int64
+AggrEventsLastSeq(void)
 {
 	Oid			seq = get_relname_relid("events_seq_seq", get_namespace_oid("aggr", false));
 
@@ -84,7 +84,7 @@ AggrHoldWatermark(void)
 
 	if (held_in == MyLocalTransactionId())
 		return;
-	SetWatermarkTag(&tag, SeqLastValue());
+	SetWatermarkTag(&tag, AggrEventsLastSeq());
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	(void) LockAcquire(&tag, AGGR_WATERMARK_LOCKMODE, false, false);
 	CurrentResourceOwner = owner;
@@ -100,7 +100,7 @@ AggrHoldWatermark(void)
 int64
 AggrEventsWatermark(bool *pending)
 {
-	int64		last = SeqLastValue();
+	int64		last = AggrEventsLastSeq();
 	int64		upto = last;
 	LockData   *locks = GetLockStatusData();
 

@@ -41,8 +41,14 @@
 /* the channel notified after every commit that stored events */
 #define AGGR_EVENTS_CHANNEL "aggr_events"
 
+/* ingest: before the first seq of a transaction */
 extern void AggrHoldWatermark(void);
+
+/* readers and expiry: W, and the last seq handed out (0 before the first) */
 extern int64 AggrEventsWatermark(bool *pending);
+extern int64 AggrEventsLastSeq(void);
+
+/* ingest: after a batch stored events */
 extern void AggrNotifyEventsStored(void);
 
 #endif							/* AGGR_WATERMARK_H */

@@ -73,4 +73,12 @@ SELECT (s ->> 'unique_processed')::bigint = (s ->> 'expired')::bigint AS all_exp
        (s ->> 'received')::bigint = (s ->> 'unique_processed')::bigint + (s ->> 'duplicate_dropped')::bigint AS received_adds_up
 FROM aggr_stats() s;
 
+-- the sequence restarted (TRUNCATE ... RESTART IDENTITY): expiry notices
+-- and starts again from 0, instead of passing the new events for good
+TRUNCATE aggr.events, aggr.counters RESTART IDENTITY;
+SELECT aggr_ingest('[{"topic": "r", "event_id": "1", "timestamp": 0, "source": "s"},
+                     {"topic": "r", "event_id": "2", "timestamp": 0, "source": "s"}]');
+SELECT aggr_expire('0 s');
+SELECT expired_upto, forgotten_upto FROM aggr.expiry;
+
 DROP EXTENSION aggr;

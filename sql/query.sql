@@ -57,7 +57,7 @@ BEGIN
         WHERE p.oid = 'aggr_events_page(text, integer, bigint)'::regprocedure
     LOOP
         query := replace(replace(replace(query,
-                     'aggr_events_page.topic', '$1'), 'aggr_events_page.after', '$2'),
+                     'aggr_events_page.topic', '$1'), 'start_after', '$2'),
                      'aggr_events_page."limit"', '$3');
         EXECUTE 'PREPARE page(text, bigint, integer) AS ' || query;
         RETURN NEXT regexp_replace(query, '\s+', ' ', 'g');
