@@ -23,6 +23,8 @@ my %what = (
     retention_tomb => 'the same while the expiry worker expires them (aggr.retention = 1s, tombstones kept)',
     retention_tomb_ff80 => 'the same with aggr.events at fillfactor 80 (expiry as HOT updates)',
     retention_del  => 'the same, deleting at expiry (aggr.dedup_window = 0)',
+    retention_off_1client  => 'SELECT aggr_ingest(batch) by 1 client, retention off',
+    retention_tomb_1client => 'the same while the expiry worker expires them (tombstones kept)',
 );
 print "| workload | events | events/s | × raw | p50 ms | p99 ms | peak RSS |\n";
 print "|---|---:|---:|---:|---:|---:|---:|\n";

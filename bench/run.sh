@@ -21,7 +21,8 @@
 #            expires them (aggr.retention = 1s) vs with retention off: with
 #            tombstones (aggr.dedup_window forever; at aggr.events' fillfactor
 #            100 and 80), and deleting at once (aggr.dedup_window = 0); how
-#            many had expired when the run ended
+#            many had expired when the run ended; and with 1 client, which
+#            leaves expiry a core of this 2-core machine
 #
 # Each workload: the demo's 20,000 events, issue 3's 200,000 and 1,000,000
 # (35 % duplicates), the same batches for every workload (make_batches).
@@ -92,11 +93,12 @@ SQL
         { echo "bench: the batches do not hold $n events" >&2; exit 1; }
 }
 
-# events/s of one pgbench run of a workload file over every batch
+# events/s of one pgbench run of a workload file over every batch, by 2
+# clients (or $3)
 pgbench_rate() {
-    local file=$1 n=$2 batches=$(( ($2 + 499) / 500 ))
+    local file=$1 n=$2 batches=$(( ($2 + 499) / 500 )) clients=${3:-2}
     sql -c "TRUNCATE aggr.events, aggr.counters; TRUNCATE raw_events; CHECKPOINT" >/dev/null
-    pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c 2 -j 2 -t $(( batches / 2 )) \
+    pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c "$clients" -j "$clients" -t $(( batches / clients )) \
         -D k=0 -f "$file" postgres 2>&1 |
         awk -v ev="$n" -v b="$batches" '/^tps/ { printf "%.0f\n", $3 * ev / b }'
 }
@@ -217,15 +219,16 @@ if phase retention; then
             -c "SELECT pg_reload_conf()" >/dev/null
         sleep 1.5
     }
-    # events/s of one run, and the share of its unique events expired when it ended
+    # events/s of one run (by $1 clients, default 2), and the share of its
+    # unique events expired when it ended
     retention_run() {
         local rate
-        rate=$(pgbench_rate "$src/bench/ingest.sql" "$n")
+        rate=$(pgbench_rate "$src/bench/ingest.sql" "$n" "${1:-2}")
         echo "$rate $(sql -c "SELECT round(sum(expired)::numeric / greatest(sum(unique_processed), 1), 2) FROM aggr.counters")"
     }
     fillfactor() { sql -c "ALTER TABLE aggr.events SET (fillfactor = $1)" >/dev/null; }
     mid() { sort -n | sed -n 2p | cut -d' ' -f1; }   # the median of three "rate share" lines
-    offs=() tombs=() tombs80=() deletes=()
+    offs=() tombs=() tombs80=() deletes=() offs1=() tombs1=()
     for rep in 1 2 3; do
         retention 0 -1;  offs+=("$(retention_run)")
         retention 1s -1; tombs+=("$(retention_run)")
@@ -233,6 +236,10 @@ if phase retention; then
         retention 1s 0;  deletes+=("$(retention_run)")
         echo "  run $rep (events/s, share expired): off ${offs[-1]%% *}, tombstones ${tombs[-1]}," \
             "tombstones at fillfactor 80 ${tombs80[-1]}, delete ${deletes[-1]}"
+        # one client: the machine has a core to spare for expiry
+        retention 0 -1;  offs1+=("$(retention_run 1)")
+        retention 1s -1; tombs1+=("$(retention_run 1)")
+        echo "  run $rep, 1 client: off ${offs1[-1]%% *}, tombstones ${tombs1[-1]}"
     done
     retention 0 -1
     off=$(printf '%s\n' "${offs[@]}" | median)
@@ -243,7 +250,13 @@ if phase retention; then
     record retention_tomb "$n" "$tomb" "" "" ""
     record retention_tomb_ff80 "$n" "$tomb80" "" "" ""
     record retention_del "$n" "$del" "" "" ""
-    awk -v o="$off" -v t="$tomb" -v t8="$tomb80" -v d="$del" 'BEGIN { printf "retention: with tombstones %.2f x off (%.2f at fillfactor 80), deleting at once %.2f x off\n", t / o, t8 / o, d / o }'
+    off1=$(printf '%s\n' "${offs1[@]}" | median)
+    tomb1=$(printf '%s\n' "${tombs1[@]}" | mid)
+    record retention_off_1client "$n" "$off1" "" "" ""
+    record retention_tomb_1client "$n" "$tomb1" "" "" ""
+    awk -v o="$off" -v t="$tomb" -v t8="$tomb80" -v d="$del" -v o1="$off1" -v t1="$tomb1" 'BEGIN {
+        printf "retention: with tombstones %.2f x off (%.2f at fillfactor 80), deleting at once %.2f x off;", t / o, t8 / o, d / o
+        printf " 1 client: with tombstones %.2f x off\n", t1 / o1 }'
 fi
 
 if phase broker; then

@@ -165,6 +165,8 @@ AggrExpiryMain(Datum main_arg)
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_name, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short statements on a few rows each: compiling them never pays */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
 	batch_context = AllocSetContextCreate(TopMemoryContext, "aggr expiry batch",
 										  ALLOCSET_DEFAULT_SIZES);

@@ -14,6 +14,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -29,6 +30,11 @@ PG_FUNCTION_INFO_V1(aggr_expire);
  * changed; the new mark, the last seq up to which every doomed row was
  * changed (a row another transaction updated meanwhile is skipped, and the
  * mark stays below it); and whether todo was full and all old (call again).
+ *
+ * The walks read a table that may have grown from empty since they were
+ * planned, and a plan chosen while it was small (a sequential scan, a hash
+ * join) would stay: they are planned again at each execution (a fraction of
+ * a batch), and rows are changed by a TID scan of an array of ctids.
  */
 #define WALK_DOOMED \
 "), doomed AS (" \
@@ -65,9 +71,10 @@ WALK_DOOMED
 WALK_ANSWER;
 
 static const char *const make_tombstones =
-"UPDATE aggr.events e SET payload = '{}', expired_at = $5 FROM doomed d WHERE e.ctid = d.row_id";
+"UPDATE aggr.events e SET payload = '{}', expired_at = $5"
+"  WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))";
 static const char *const delete_events =
-"DELETE FROM aggr.events e USING doomed d WHERE e.ctid = d.row_id";
+"DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))";
 
 /*
  * Forgetting: the tombstones after forgotten_upto ($2) up to expired_upto
@@ -80,30 +87,32 @@ static const char *const forget_sql =
 "  ORDER BY e.seq LIMIT $4"
 WALK_DOOMED
 "), changed AS ("
-"  DELETE FROM aggr.events e USING doomed d WHERE e.ctid = d.row_id"
+"  DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
 "  RETURNING e.topic, e.seq"
 ")"
 WALK_ANSWER;
 
 /*
- * Whether a walk has work, read without a lock: the first event after each
- * mark is old.  So an idle expiry writes nothing (no transaction id, no WAL).
+ * Whether a walk has work, read without a lock: the first event after
+ * expired_upto ($3, up to the watermark $4) was ingested before $1, or the
+ * first tombstone after forgotten_upto ($5) expired before $2.  So an idle
+ * expiry writes nothing (no transaction id, no WAL).  The marks come as
+ * parameters, read just before: joined to aggr.expiry, which has no
+ * statistics, the estimate made it look costly enough for JIT (0.2 s).
  */
 static const char *const due_sql =
-"SELECT x.expired_upto, x.forgotten_upto,"
-"  coalesce((SELECT e.ingested_at < $1 FROM aggr.events e"
-"            WHERE e.seq > x.expired_upto AND e.seq <= $3 AND e.expired_at IS NULL"
-"            ORDER BY e.seq LIMIT 1), false)"
-"  OR coalesce((SELECT e.expired_at < $2 FROM aggr.events e"
-"               WHERE e.seq > x.forgotten_upto AND e.seq <= x.expired_upto"
-"                 AND e.expired_at IS NOT NULL"
-"               ORDER BY e.seq LIMIT 1), false)"
-"FROM aggr.expiry x";
+"SELECT coalesce((SELECT e.ingested_at < $1 FROM aggr.events e"
+"                 WHERE e.seq > $3 AND e.seq <= $4 AND e.expired_at IS NULL"
+"                 ORDER BY e.seq LIMIT 1), false)"
+"    OR coalesce((SELECT e.expired_at < $2 FROM aggr.events e"
+"                 WHERE e.seq > $5 AND e.seq <= $3 AND e.expired_at IS NOT NULL"
+"                 ORDER BY e.seq LIMIT 1), false)";
 
 static SPIPlanPtr tombstone_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr forget_plan = NULL;
 static SPIPlanPtr due_plan = NULL;
+static SPIPlanPtr marks_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr lock_nowait_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
@@ -155,7 +164,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 				AggrExpiryResult *result)
 {
 	static Oid	walk_types[5] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, TIMESTAMPTZOID};
-	static Oid	due_types[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
+	static Oid	due_types[5] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID};
 	static Oid	advance_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 	bool		forget_at_once = (aggr_dedup_window == 0);
 	bool		pending;
@@ -178,20 +187,28 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	values[0] = TimestampTzGetDatum(expire_before);
-	values[1] = TimestampTzGetDatum(forget_before);
-	values[2] = Int64GetDatum(upto);
-	if (SPI_execute_plan(AggrPreparedPlan(&due_plan, due_sql, 3, due_types),
-						 values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(AggrPreparedPlan(&marks_plan, "SELECT expired_upto, forgotten_upto "
+										  "FROM aggr.expiry", 0, NULL),
+						 NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "aggr expiry: could not read aggr.expiry");
 	if (SPI_processed != 1)
 		MissingRow();
+	expired_upto = DatumGetInt64(Column(1, &isnull));
+	values[0] = TimestampTzGetDatum(expire_before);
+	values[1] = TimestampTzGetDatum(forget_before);
+	values[2] = Int64GetDatum(expired_upto);
+	values[3] = Int64GetDatum(upto);
+	values[4] = Column(2, &isnull);
+	if (SPI_execute_plan(AggrPreparedPlanWith(&due_plan, due_sql, 5, due_types,
+											  CURSOR_OPT_CUSTOM_PLAN),
+						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "aggr expiry: could not tell whether expiry is due");
 
 	/*
-	 * the marks above the sequence: it was restarted (TRUNCATE ... RESTART
+	 * marks above the sequence: it was restarted (TRUNCATE ... RESTART
 	 * IDENTITY)
 	 */
-	if (!DatumGetBool(Column(3, &isnull)) && DatumGetInt64(Column(1, &isnull)) <= last)
+	if (!DatumGetBool(Column(1, &isnull)) && expired_upto <= last)
 	{
 		SPI_finish();
 		return;
@@ -233,9 +250,9 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		int64		before = expired_upto;
 
 		if (*plan == NULL)
-			(void) AggrPreparedPlan(plan, psprintf(expire_sql_template,
-												   forget_at_once ? delete_events : make_tombstones),
-									5, walk_types);
+			(void) AggrPreparedPlanWith(plan, psprintf(expire_sql_template,
+													   forget_at_once ? delete_events : make_tombstones),
+										5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
 		values[0] = TimestampTzGetDatum(expire_before);
 		values[1] = Int64GetDatum(expired_upto);
 		result->expired = Walk(*plan, values, &expired_upto, &result->more_to_expire);
@@ -249,7 +266,8 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		values[1] = Int64GetDatum(forgotten_upto);
 		values[2] = Int64GetDatum(expired_upto);
 		values[3] = Int32GetDatum(AGGR_EXPIRE_BATCH);
-		result->forgotten = Walk(AggrPreparedPlan(&forget_plan, forget_sql, 5, walk_types),
+		result->forgotten = Walk(AggrPreparedPlanWith(&forget_plan, forget_sql, 5, walk_types,
+													  CURSOR_OPT_CUSTOM_PLAN),
 								 values, &forgotten_upto, &result->more_to_forget);
 	}
 

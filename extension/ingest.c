@@ -77,14 +77,15 @@ static SPIPlanPtr ingest_plan = NULL;
 /*
  * The saved plan of a statement, prepared on first use (inside SPI).  Saved
  * plans are revalidated by PostgreSQL after DDL, so they survive a
- * DROP/CREATE EXTENSION in the same session.
+ * DROP/CREATE EXTENSION in the same session.  options: SPI_prepare_cursor's
+ * (CURSOR_OPT_CUSTOM_PLAN: planned again for each execution).
  */
 SPIPlanPtr
-AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+AggrPreparedPlanWith(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
 {
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s: %s", SPI_result_code_string(SPI_result), sql);
@@ -92,6 +93,12 @@ AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 		*cache = plan;
 	}
 	return *cache;
+}
+
+SPIPlanPtr
+AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return AggrPreparedPlanWith(cache, sql, nargs, argtypes, 0);
 }
 
 /* Runs the ingest statement once; returns how many events were stored. */

@@ -49,6 +49,8 @@ extern void AggrValidateRequest(Jsonb *request, AggrBatch *batch, bool store);
 /* ingest.c */
 extern SPIPlanPtr AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs,
 								   Oid *argtypes);
+extern SPIPlanPtr AggrPreparedPlanWith(SPIPlanPtr *cache, const char *sql, int nargs,
+									   Oid *argtypes, int options);
 extern ErrorData *AggrTrySubtransaction(void (*fn) (void *arg), void *arg);
 extern void AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result);
 
