@@ -37,9 +37,9 @@ PGDLLEXPORT void AggrExpiryMain(Datum main_arg);
 
 /* How long the worker rests when there is nothing to expire yet. */
 #define AGGR_EXPIRY_NAP_MS 1000
-/* ... when retention is off (a reload wakes it), or after an error */
+/* ... when retention is off (a reload wakes it); after errors, up to */
 #define AGGR_EXPIRY_IDLE_MS 60000
-#define AGGR_EXPIRY_RETRY_MS 5000
+#define AGGR_EXPIRY_MAX_RETRY_MS 60000
 
 /* A backlog this large is reported in the log when it is done. */
 #define AGGR_EXPIRY_REPORT_EVENTS 100000
@@ -108,15 +108,16 @@ RunBatch(AggrExpiryResult *result)
 }
 
 /*
- * RunBatch, its errors logged and rolled back; returns how long to rest
- * before the next batch (0: go on at once), AGGR_EXPIRY_RETRY_MS after an
- * error.
+ * RunBatch, its errors logged and rolled back (*failed); returns how long to
+ * rest before the next batch (0: go on at once).
  */
 static int
-TryBatch(MemoryContext context, AggrExpiryResult *result)
+TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 {
 	static Schema logged = SCHEMA_READY;
 	volatile int nap = AGGR_EXPIRY_NAP_MS;
+
+	*failed = false;
 
 	PG_TRY();
 	{
@@ -137,13 +138,20 @@ TryBatch(MemoryContext context, AggrExpiryResult *result)
 	}
 	PG_CATCH();
 	{
+		ErrorData  *error;
+
 		MemoryContextSwitchTo(context);
-		EmitErrorReport();
+		error = CopyErrorData();
+		/* an event locked by someone's open transaction: busy, not broken */
+		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		{
+			EmitErrorReport();
+			*failed = true;
+		}
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		memset(result, 0, sizeof(*result));
-		nap = AGGR_EXPIRY_RETRY_MS;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(context);
@@ -156,6 +164,7 @@ AggrExpiryMain(Datum main_arg)
 	MemoryContext batch_context;
 	int64		backlog_expired = 0;
 	int64		backlog_forgotten = 0;
+	int			retry_ms = AGGR_EXPIRY_NAP_MS;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -167,6 +176,12 @@ AggrExpiryMain(Datum main_arg)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	/* short statements on a few rows each: compiling them never pays */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * a row someone keeps locked must not hold a batch, and its duplicates,
+	 * long
+	 */
+	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
 	batch_context = AllocSetContextCreate(TopMemoryContext, "aggr expiry batch",
 										  ALLOCSET_DEFAULT_SIZES);
@@ -176,6 +191,7 @@ AggrExpiryMain(Datum main_arg)
 	{
 		AggrExpiryResult result = {0};
 		int			nap;
+		bool		failed;
 
 		/*
 		 * before every batch, so a new setting applies in the middle of a
@@ -190,13 +206,21 @@ AggrExpiryMain(Datum main_arg)
 		}
 		MemoryContextSwitchTo(batch_context);
 		MemoryContextReset(batch_context);
-		nap = TryBatch(batch_context, &result);
+		nap = TryBatch(batch_context, &result, &failed);
+		if (failed)
+		{
+			/* the same error again and again: back off, up to a minute */
+			retry_ms = Min(retry_ms * 2, AGGR_EXPIRY_MAX_RETRY_MS);
+			backlog_expired = backlog_forgotten = 0;
+			Nap(retry_ms);
+			continue;
+		}
+		retry_ms = AGGR_EXPIRY_NAP_MS;
 		backlog_expired += result.expired;
 		backlog_forgotten += result.forgotten;
 		if (nap == 0)
 			continue;
-		if (nap != AGGR_EXPIRY_RETRY_MS &&
-			backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
+		if (backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
 			ereport(LOG,
 					(errmsg("aggr expiry: caught up, having expired " INT64_FORMAT
 							" events and forgotten " INT64_FORMAT " keys",

@@ -8,6 +8,7 @@
  * - aggr_events_page() and so aggr_events() return live events only,
  *   starting after the last seq expiry has passed.
  * - aggr_expire() is granted to nobody (see 0.2--0.3).
+ * - TRUNCATE aggr.events sets aggr.expiry's marks back to 0 (a trigger).
  */
 
 \echo Use "ALTER EXTENSION aggr UPDATE TO '0.4'" to load this file. \quit
@@ -33,6 +34,22 @@ CREATE TABLE aggr.expiry (
 );
 INSERT INTO aggr.expiry DEFAULT VALUES;
 COMMENT ON TABLE aggr.expiry IS 'aggr: how far expiry (aggr.retention) and forgetting (aggr.dedup_window) have got, in seq';
+
+/*
+ * An emptied aggr.events has nothing expired: the marks go back to 0 in the
+ * TRUNCATE's own transaction (with RESTART IDENTITY, marks left above the new
+ * seqs would hide new events from readers until the next expiry).
+ */
+CREATE FUNCTION aggr.expiry_restart() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_truncated AFTER TRUNCATE ON aggr.events
+    FOR EACH STATEMENT EXECUTE FUNCTION aggr.expiry_restart();
 
 CREATE FUNCTION aggr_expire(older_than interval DEFAULT NULL, "limit" integer DEFAULT 10000)
     RETURNS bigint
@@ -146,4 +163,4 @@ $$;
 COMMENT ON FUNCTION aggr_stats() IS
     'aggr: received, unique_processed, duplicate_dropped, expired, per-topic counts, uptime, workers and queue';
 
-REVOKE ALL ON FUNCTION aggr_expire(interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION aggr_expire(interval, integer), aggr.expiry_restart() FROM PUBLIC;

@@ -71,6 +71,22 @@ CREATE TABLE aggr.expiry (
 INSERT INTO aggr.expiry DEFAULT VALUES;
 COMMENT ON TABLE aggr.expiry IS 'aggr: how far expiry (aggr.retention) and forgetting (aggr.dedup_window) have got, in seq';
 
+/*
+ * An emptied aggr.events has nothing expired: the marks go back to 0 in the
+ * TRUNCATE's own transaction (with RESTART IDENTITY, marks left above the new
+ * seqs would hide new events from readers until the next expiry).
+ */
+CREATE FUNCTION aggr.expiry_restart() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_truncated AFTER TRUNCATE ON aggr.events
+    FOR EACH STATEMENT EXECUTE FUNCTION aggr.expiry_restart();
+
 /* Queue elements a consumer could not ingest (not JSON, not a valid event). */
 CREATE TABLE aggr.rejected (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -321,4 +337,4 @@ REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_expire(interval, integer), aggr_
     aggr_publish_ndjson(text),
     aggr_events(text, integer, bigint), aggr_events_page(text, integer, bigint),
     aggr_events_watermark(),
-    aggr_stats(), aggr_health(), aggr.runtime_status() FROM PUBLIC;
+    aggr_stats(), aggr_health(), aggr.runtime_status(), aggr.expiry_restart() FROM PUBLIC;

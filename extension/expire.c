@@ -24,12 +24,14 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 #define AGGR_EXPIRE_MAX_LIMIT 1000000
 
 /*
- * The two walks share their shape.  "todo" lists rows (row_id, seq, old) in
- * seq order, at most $4; "doomed" is the prefix of old ones; "changed" is
- * what was done to them (RETURNING topic, seq).  The answer: how many were
- * changed; the new mark, the last seq up to which every doomed row was
- * changed (a row another transaction updated meanwhile is skipped, and the
- * mark stays below it); and whether todo was full and all old (call again).
+ * The two walks share their shape.  "todo" lists the rows (row_id, seq, old)
+ * after the mark $2 up to $3 in seq order, at most $4; "doomed" is the prefix
+ * of old ones; "changed" is what was done to them (RETURNING topic, seq).
+ * The answer: how many were changed; the new mark: $3 when todo held every
+ * row of the range and all were changed, else the last seq up to which every
+ * doomed row was changed (a row another transaction changed meanwhile is
+ * skipped, rechecked by its own conditions, and the mark stays below it);
+ * and whether todo was full and all old (call again).
  *
  * The walks read a table that may have grown from empty since they were
  * planned, and a plan chosen while it was small (a sequential scan, a hash
@@ -42,10 +44,14 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 "  WHERE seq < coalesce((SELECT pg_catalog.min(seq) FROM todo WHERE NOT old)," \
 "                       9223372036854775807)"
 #define WALK_ANSWER \
+"), skipped AS (" \
+"  SELECT pg_catalog.min(d.seq) AS seq FROM doomed d" \
+"  WHERE d.seq NOT IN (SELECT c.seq FROM changed c)" \
+")" \
 "SELECT (SELECT pg_catalog.count(*) FROM changed)," \
-"  coalesce((SELECT pg_catalog.min(d.seq) - 1 FROM doomed d" \
-"            WHERE d.seq NOT IN (SELECT c.seq FROM changed c))," \
-"           (SELECT pg_catalog.max(seq) FROM changed))," \
+"  CASE WHEN (SELECT pg_catalog.count(*) < $4 AND coalesce(pg_catalog.bool_and(old), true) FROM todo)" \
+"            AND (SELECT seq FROM skipped) IS NULL THEN $3" \
+"       ELSE coalesce((SELECT seq - 1 FROM skipped), (SELECT pg_catalog.max(seq) FROM changed)) END," \
 "  coalesce((SELECT pg_catalog.count(*) = $4 AND pg_catalog.bool_and(old) FROM todo), false)"
 
 /*
@@ -67,14 +73,15 @@ WALK_DOOMED
 "  SELECT topic, -1, pg_catalog.count(*) FROM changed"
 "  GROUP BY topic ORDER BY topic COLLATE \"C\""
 "  ON CONFLICT (topic, shard) DO UPDATE SET expired = c.expired + excluded.expired"
-")"
 WALK_ANSWER;
 
 static const char *const make_tombstones =
 "UPDATE aggr.events e SET payload = '{}', expired_at = $5"
-"  WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))";
+"  WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+"    AND e.expired_at IS NULL AND e.ingested_at < $1";
 static const char *const delete_events =
-"DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))";
+"DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+"  AND e.expired_at IS NULL AND e.ingested_at < $1";
 
 /*
  * Forgetting: the tombstones after forgotten_upto ($2) up to expired_upto
@@ -88,8 +95,8 @@ static const char *const forget_sql =
 WALK_DOOMED
 "), changed AS ("
 "  DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+"    AND e.expired_at IS NOT NULL AND e.expired_at < $1"
 "  RETURNING e.topic, e.seq"
-")"
 WALK_ANSWER;
 
 /*
@@ -169,7 +176,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	bool		forget_at_once = (aggr_dedup_window == 0);
 	bool		pending;
 	int64		upto = AggrEventsWatermark(&pending);
-	int64		last = AggrEventsLastSeq();
+	int64		last = AggrEventsLastSeq(); /* read again under the lock */
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz forget_before = DT_NOBEGIN;
 	int64		expired_upto;
@@ -232,6 +239,8 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	}
 	was_expired_upto = expired_upto = DatumGetInt64(Column(1, &isnull));
 	was_forgotten_upto = forgotten_upto = DatumGetInt64(Column(2, &isnull));
+	/* a committed mark above the sequence's value now: it went back */
+	last = AggrEventsLastSeq();
 	if (expired_upto > last)
 	{
 		ereport(LOG,

@@ -13,8 +13,8 @@
  * expired_at, the tombstone is deleted and the key forgotten: an event
  * re-sent after that is stored as new.  With aggr.dedup_window = 0, expiry
  * deletes the event at once.  No index holds payload or expired_at, so the
- * UPDATE is a HOT one (no index entry added) where the page has room: with
- * aggr.events' fillfactor at 80 most are, and expiry costs a third.
+ * UPDATE is a HOT one (no index entry added) where the page has room: at
+ * the default fillfactor of 100 few are; set to 80, most are.
  *
  * Order.  A batch locks aggr.expiry's row (so expiries run one at a time),
  * reads the watermark W (watermark.h), then takes the live events after
@@ -22,10 +22,13 @@
  * drew a seq <= W has ended, so the batch's snapshot, taken after W, holds
  * every event with seq <= W that will ever exist.  The batch expires the
  * prefix ingested before the cutoff, stops at the first younger event, and
- * moves expired_upto to the last seq it expired: every event at or below it
- * is expired, so the next batch starts there, and so do readers
- * (aggr_events_page), who never walk tombstones.  Forgetting walks the
- * tombstones between forgotten_upto and expired_upto the same
+ * moves expired_upto to the last seq it expired (to W when it took every
+ * event up to W): every event at or below it is expired, so the next batch
+ * starts there, and so do readers (aggr_events_page), who never walk
+ * tombstones.  TRUNCATE aggr.events sets the marks back to 0 (a trigger); a
+ * mark above the sequence's value (the sequence restarted by hand) makes the
+ * next batch start again from 0.  Forgetting walks the tombstones between
+ * forgotten_upto and expired_upto the same
  * way.  An event is therefore expired no sooner than aggr.retention after
  * its ingest (later when an older transaction holds W, or when younger
  * events sit before it in seq), and forgotten no sooner than

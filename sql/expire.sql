@@ -73,12 +73,19 @@ SELECT (s ->> 'unique_processed')::bigint = (s ->> 'expired')::bigint AS all_exp
        (s ->> 'received')::bigint = (s ->> 'unique_processed')::bigint + (s ->> 'duplicate_dropped')::bigint AS received_adds_up
 FROM aggr_stats() s;
 
--- the sequence restarted (TRUNCATE ... RESTART IDENTITY): expiry notices
--- and starts again from 0, instead of passing the new events for good
+-- TRUNCATE ... RESTART IDENTITY: the marks go back to 0 with it, so readers
+-- see the new events at once and expiry does not pass them
 TRUNCATE aggr.events, aggr.counters RESTART IDENTITY;
+SELECT expired_upto, forgotten_upto FROM aggr.expiry;
 SELECT aggr_ingest('[{"topic": "r", "event_id": "1", "timestamp": 0, "source": "s"},
                      {"topic": "r", "event_id": "2", "timestamp": 0, "source": "s"}]');
+SELECT topic, event_id, seq FROM aggr_events();
 SELECT aggr_expire('0 s');
 SELECT expired_upto, forgotten_upto FROM aggr.expiry;
+-- the sequence restarted by hand: the next expiry notices and starts from 0
+SELECT setval('aggr.events_seq_seq', 1, false);
+SELECT aggr_ingest('{"topic": "r", "event_id": "3", "timestamp": 0, "source": "s"}');
+SELECT aggr_expire('0 s');
+SELECT count(*) FILTER (WHERE expired_at IS NULL) AS live FROM aggr.events;
 
 DROP EXTENSION aggr;

@@ -39,14 +39,14 @@ LANGUAGE sql AS $$
                                     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
                                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
                                    (SELECT string_agg(concat_ws(' ', pg_get_indexdef(i.indexrelid),
-                                                                obj_description(i.indexrelid, 'pg_class')), E'\n' ORDER BY 1)
+                                                                obj_description(i.indexrelid, 'pg_class')), E'\n' ORDER BY i.indexrelid::regclass::text)
                                     FROM pg_index i WHERE i.indrelid = c.oid),
-                                   (SELECT string_agg(conname || ' ' || pg_get_constraintdef(k.oid), E'\n' ORDER BY 1)
+                                   (SELECT string_agg(conname || ' ' || pg_get_constraintdef(k.oid), E'\n' ORDER BY conname)
                                     FROM pg_constraint k WHERE k.conrelid = c.oid),
-                                   (SELECT string_agg(pg_get_triggerdef(g.oid), E'\n' ORDER BY 1)
+                                   (SELECT string_agg(pg_get_triggerdef(g.oid), E'\n' ORDER BY g.tgname)
                                     FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal),
                                    (SELECT string_agg(concat_ws(' ', y.polname, y.polcmd, y.polpermissive,
-                                                                pg_get_expr(y.polqual, y.polrelid)), E'\n' ORDER BY 1)
+                                                                pg_get_expr(y.polqual, y.polrelid)), E'\n' ORDER BY y.polname)
                                     FROM pg_policy y WHERE y.polrelid = c.oid),
                                    (SELECT concat_ws(' ', q.seqtypid::regtype, q.seqstart, q.seqincrement,
                                                      q.seqmax, q.seqmin, q.seqcache, q.seqcycle)
@@ -63,7 +63,8 @@ LANGUAGE sql AS $$
                        (SELECT concat_ws(' ', t.typtype, format_type(t.oid, NULL), t.typowner::regrole)
                         FROM pg_type t WHERE t.oid = d.objid)
                END,
-               (SELECT string_agg(concat_ws(' ', ip.objsubid, ip.privtype, ip.initprivs::text), E'\n' ORDER BY 1)
+               (SELECT string_agg(concat_ws(' ', ip.objsubid, ip.privtype, ip.initprivs::text), E'\n'
+                                   ORDER BY ip.objsubid, ip.privtype)
                 FROM pg_init_privs ip WHERE ip.classoid = d.classid AND ip.objoid = d.objid),
                obj_description(d.objid, d.classid::regclass::name))
     FROM pg_depend d
