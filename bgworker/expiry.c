@@ -174,8 +174,6 @@ AggrExpiryMain(Datum main_arg)
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_name, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
-	/* short statements on a few rows each: compiling them never pays */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * a row someone keeps locked must not hold a batch, and its duplicates,

@@ -16,6 +16,7 @@
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(aggr_expire);
@@ -34,9 +35,8 @@ PG_FUNCTION_INFO_V1(aggr_expire);
  * and whether todo was full and all old (call again).
  *
  * The walks read a table that may have grown from empty since they were
- * planned, and a plan chosen while it was small (a sequential scan, a hash
- * join) would stay: they are planned again at each execution (a fraction of
- * a batch), and rows are changed by a TID scan of an array of ctids.
+ * planned, or never been analyzed: they are planned again at each execution
+ * (a fraction of a batch), and with the scans they must use (PlanLikeABatch).
  */
 #define WALK_DOOMED \
 "), doomed AS (" \
@@ -157,6 +157,26 @@ Walk(SPIPlanPtr plan, Datum *values, int64 *mark, bool *more)
 	return changed;
 }
 
+/*
+ * For the rest of the batch, plan as a batch must run: by an index in seq
+ * order, then by TID.  Without statistics (a table never analyzed, or
+ * truncated since) the planner takes a range of seq for a few rows, and
+ * sorts a bitmap scan of the whole range for each batch; the join to
+ * aggr.expiry looked costly enough for JIT.  Returns the level to pass to
+ * AtEOXact_GUC (an error resets them with the transaction).
+ */
+static int
+PlanLikeABatch(void)
+{
+	static const char *const off[] = {"enable_seqscan", "enable_bitmapscan", "jit"};
+	int			level = NewGUCNestLevel();
+
+	for (int i = 0; i < lengthof(off); i++)
+		(void) set_config_option(off[i], "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
 static void
 MissingRow(void)
 {
@@ -185,6 +205,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	int64		was_forgotten_upto;
 	bool		isnull;
 	Datum		values[5];
+	int			gucs;
 
 	memset(result, 0, sizeof(*result));
 	if (expire_limit <= 0)
@@ -193,6 +214,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		forget_before = now - (TimestampTz) aggr_dedup_window * USECS_PER_SEC;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	gucs = PlanLikeABatch();
 
 	if (SPI_execute_plan(AggrPreparedPlan(&marks_plan, "SELECT expired_upto, forgotten_upto "
 										  "FROM aggr.expiry", 0, NULL),
@@ -217,6 +239,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	 */
 	if (!DatumGetBool(Column(1, &isnull)) && expired_upto <= last)
 	{
+		AtEOXact_GUC(true, gucs);
 		SPI_finish();
 		return;
 	}
@@ -234,6 +257,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		if (wait)
 			MissingRow();
 		result->busy = true;
+		AtEOXact_GUC(true, gucs);
 		SPI_finish();
 		return;
 	}
@@ -291,6 +315,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 							 values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not advance aggr.expiry");
 	}
+	AtEOXact_GUC(true, gucs);
 	SPI_finish();
 }
 
