@@ -15,8 +15,9 @@ use JSON::PP;
 
 my $node = new_node('stock', shared_preload_libraries => '');
 is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'), '', 'a stock server');
+my ($version) = PostgreSQL::Test::Utils::slurp_file('aggr.control') =~ /^default_version = '([^']+)'/m;
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'aggr'}),
-    '0.3', 'CREATE EXTENSION aggr on a stock server');
+    $version, "CREATE EXTENSION aggr on a stock server ($version, aggr.control's)");
 
 # direct mode, exact
 my @events = demo_events(2000, 0.35, 'stock');
@@ -26,6 +27,11 @@ for my $batch (event_batches(500, @events))
 }
 $node->safe_psql('postgres', q{SELECT aggr_ingest('{"topic": "x", "event_id": "1", "timestamp": 0, "source": "s"}')});
 check_invariants($node, 'stock, direct', received => 2001, unique => 1301, duplicates => 700);
+# retention by hand needs no worker: aggr_expire() on a stock server
+is($node->safe_psql('postgres', q{SELECT aggr_expire('0 s', 500)}), 500, 'stock: aggr_expire() expires by hand');
+check_invariants($node, 'stock, after aggr_expire()', received => 2001, unique => 1301, expired => 500);
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'aggr expiry'}),
+    0, 'stock: no expiry worker');
 my $health = decode_json($node->safe_psql('postgres', 'SELECT aggr_health()'));
 is($health->{status}, 'ok', 'stock, direct: healthy');
 is($health->{mode}, 'direct', 'stock, direct: mode direct');
