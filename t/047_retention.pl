@@ -85,22 +85,23 @@ ok(wait_for(sub { sql('SELECT count(*) FROM aggr.events') == 0 }, 60), 'every ev
 sql('VACUUM aggr.events');
 my $end_bytes = relation_bytes();
 
-# Levelling off: the table and its indexes never take near what
-# the stream's events take without retention (bytes per event measured on
-# the first sample, before anything expired), and over the last quarter of
-# the stream they grow by less than a tenth.
+# Levelling off: the table and its indexes never take near what the
+# stream's events take without retention (bytes per event measured on the
+# first sample, before anything expired), and over the stream's second half
+# they grow by less than a third of what its events would add without it
+# (a pause of autovacuum or expiry shows as a step, not as a slope).
 cmp_ok(scalar(@samples), '>=', 8, 'the stream ran long enough to sample its size');
 my $bytes_per_event = $samples[0][1] / $samples[0][0];
-my ($max)          = sort { $b <=> $a } map { $_->[1] } @samples;
-my ($at_3_4)       = grep { $_->[0] >= 750000 } @samples;
-my $without        = $bytes_per_event * 1000000;
+my ($max)           = sort { $b <=> $a } map { $_->[1] } @samples;
+my ($at_half)       = grep { $_->[0] >= 500000 } @samples;
+my $without         = $bytes_per_event * 1000000;
 diag(sprintf('1,000,000 events in %.1f s; bytes of table and indexes (events: bytes): %s; at the end, after a vacuum %d',
         $seconds, join(', ', map { "$_->[0]: $_->[1]" } @samples), $end_bytes));
 cmp_ok($max, '<', 0.85 * $without,
     sprintf('size bounded: at most %.0f MB, where the events take %.0f MB without retention', $max / 1e6, $without / 1e6));
-cmp_ok($max - $at_3_4->[1], '<', 0.1 * $max,
-    sprintf('size levels off: the last quarter of the stream adds %.0f MB to %.0f MB',
-        ($max - $at_3_4->[1]) / 1e6, $at_3_4->[1] / 1e6));
+cmp_ok($max - $at_half->[1], '<', $without / 2 / 3,
+    sprintf('size levels off: the second half of the stream adds %.0f MB to %.0f MB (%.0f MB without retention)',
+        ($max - $at_half->[1]) / 1e6, $at_half->[1] / 1e6, $without / 2 / 1e6));
 check_invariants($node, 'stream', received => 1000000, unique => 1000000, duplicates => 0, expired => 1000000);
 is(sql('SELECT expired_upto = forgotten_upto FROM aggr.expiry'), 't', 'everything expired was forgotten');
 
