@@ -263,6 +263,10 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	}
 	was_expired_upto = expired_upto = DatumGetInt64(Column(1, &isnull));
 	was_forgotten_upto = forgotten_upto = DatumGetInt64(Column(2, &isnull));
+	/* the time of the expiry is once it holds the lock, not before a wait */
+	now = GetCurrentTimestamp();
+	if (aggr_dedup_window != AGGR_DEDUP_FOREVER)
+		forget_before = now - (TimestampTz) aggr_dedup_window * USECS_PER_SEC;
 	/* a committed mark above the sequence's value now: it went back */
 	last = AggrEventsLastSeq();
 	if (expired_upto > last)
