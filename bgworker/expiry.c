@@ -96,10 +96,7 @@ RunBatch(AggrExpiryResult *result)
 	if (schema == SCHEMA_READY)
 	{
 		pgstat_report_activity(STATE_RUNNING, "aggr expiry batch");
-		AggrExpireBatch(aggr_retention > 0 ?
-						GetCurrentTimestamp() - (TimestampTz) aggr_retention * USECS_PER_SEC :
-						DT_NOBEGIN,
-						AGGR_EXPIRE_BATCH, false, result);
+		AggrExpireBatch(AggrRetentionCutoff(GetCurrentTimestamp()), AGGR_EXPIRE_BATCH, false, result);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();

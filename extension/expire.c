@@ -130,6 +130,12 @@ AggrRetentionEnabled(void)
 	return aggr_retention > 0 || aggr_dedup_window != AGGR_DEDUP_FOREVER;
 }
 
+TimestampTz
+AggrRetentionCutoff(TimestampTz now)
+{
+	return aggr_retention > 0 ? now - (TimestampTz) aggr_retention * USECS_PER_SEC : DT_NOBEGIN;
+}
+
 static Datum
 Column(int column, bool *isnull)
 {
@@ -238,11 +244,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	 * IDENTITY)
 	 */
 	if (!DatumGetBool(Column(1, &isnull)) && expired_upto <= last)
-	{
-		AtEOXact_GUC(true, gucs);
-		SPI_finish();
-		return;
-	}
+		goto done;
 
 	/* expiries run one at a time; the worker does not wait for a caller's */
 	if (SPI_execute_plan(wait ?
@@ -257,9 +259,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		if (wait)
 			MissingRow();
 		result->busy = true;
-		AtEOXact_GUC(true, gucs);
-		SPI_finish();
-		return;
+		goto done;
 	}
 	was_expired_upto = expired_upto = DatumGetInt64(Column(1, &isnull));
 	was_forgotten_upto = forgotten_upto = DatumGetInt64(Column(2, &isnull));
@@ -319,6 +319,7 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 							 values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not advance aggr.expiry");
 	}
+done:
 	AtEOXact_GUC(true, gucs);
 	SPI_finish();
 }
@@ -334,8 +335,7 @@ Datum
 aggr_expire(PG_FUNCTION_ARGS)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz cutoff = 0;
-	bool		expire;
+	TimestampTz cutoff = AggrRetentionCutoff(now);
 	int			limit;
 	int64		expired = 0;
 	int64		forgotten = 0;
@@ -367,17 +367,11 @@ aggr_expire(PG_FUNCTION_ARGS)
 					errdetail("The interval given was %s.",
 							  DatumGetCString(DirectFunctionCall1(interval_out,
 																  PG_GETARG_DATUM(0)))));
-		expire = true;
-	}
-	else
-	{
-		expire = aggr_retention > 0;
-		cutoff = now - (TimestampTz) aggr_retention * USECS_PER_SEC;
 	}
 
 	do
 	{
-		AggrExpireBatch(expire ? cutoff : DT_NOBEGIN, (int) Min(AGGR_EXPIRE_BATCH, limit - expired),
+		AggrExpireBatch(cutoff, (int) Min(AGGR_EXPIRE_BATCH, limit - expired),
 						true, &batch);
 		expired += batch.expired;
 		forgotten += batch.forgotten;

@@ -66,6 +66,9 @@ typedef struct AggrExpiryResult
 /* True when aggr.retention or aggr.dedup_window gives expiry work to do. */
 extern bool AggrRetentionEnabled(void);
 
+/* Events ingested before this expire per aggr.retention (DT_NOBEGIN: none). */
+extern TimestampTz AggrRetentionCutoff(TimestampTz now);
+
 /*
  * One batch in the current transaction, which must be READ COMMITTED:
  * expire up to expire_limit live events ingested before expire_before
