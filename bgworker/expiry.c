@@ -41,8 +41,11 @@ PGDLLEXPORT void AggrExpiryMain(Datum main_arg);
 #define AGGR_EXPIRY_IDLE_MS 60000
 #define AGGR_EXPIRY_MAX_RETRY_MS 60000
 
-/* A backlog this large is reported in the log when it is done. */
-#define AGGR_EXPIRY_REPORT_EVENTS 100000
+/*
+ * A backlog that took this long is reported in the log when it is done (a
+ * steady stream, worked off every second, is not).
+ */
+#define AGGR_EXPIRY_REPORT_MS 10000
 
 static void
 ReloadIfPending(void)
@@ -161,6 +164,7 @@ AggrExpiryMain(Datum main_arg)
 	MemoryContext batch_context;
 	int64		backlog_expired = 0;
 	int64		backlog_forgotten = 0;
+	TimestampTz backlog_since = 0;
 	int			retry_ms = AGGR_EXPIRY_NAP_MS;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -207,20 +211,24 @@ AggrExpiryMain(Datum main_arg)
 			/* the same error again and again: back off, up to a minute */
 			retry_ms = Min(retry_ms * 2, AGGR_EXPIRY_MAX_RETRY_MS);
 			backlog_expired = backlog_forgotten = 0;
+			backlog_since = 0;
 			Nap(retry_ms);
 			continue;
 		}
 		retry_ms = AGGR_EXPIRY_NAP_MS;
+		if (backlog_since == 0)
+			backlog_since = GetCurrentTimestamp();
 		backlog_expired += result.expired;
 		backlog_forgotten += result.forgotten;
 		if (nap == 0)
 			continue;
-		if (backlog_expired + backlog_forgotten >= AGGR_EXPIRY_REPORT_EVENTS)
+		if (TimestampDifferenceExceeds(backlog_since, GetCurrentTimestamp(), AGGR_EXPIRY_REPORT_MS))
 			ereport(LOG,
 					(errmsg("aggr expiry: caught up, having expired " INT64_FORMAT
 							" events and forgotten " INT64_FORMAT " keys",
 							backlog_expired, backlog_forgotten)));
 		backlog_expired = backlog_forgotten = 0;
+		backlog_since = 0;
 		Nap(nap);
 	}
 }

@@ -11,12 +11,14 @@
 #include "watermark.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(aggr_expire);
@@ -28,11 +30,13 @@ PG_FUNCTION_INFO_V1(aggr_expire);
  * The two walks share their shape.  "todo" lists the rows (row_id, seq, old)
  * after the mark $2 up to $3 in seq order, at most $4; "doomed" is the prefix
  * of old ones; "changed" is what was done to them (RETURNING topic, seq).
- * The answer: how many were changed; the new mark: $3 when todo held every
- * row of the range and all were changed, else the last seq up to which every
- * doomed row was changed (a row another transaction changed meanwhile is
- * skipped, rechecked by its own conditions, and the mark stays below it);
- * and whether todo was full and all old (call again).
+ * The answer: how many were changed; the new mark, the last seq up to which
+ * every row of the range that will ever be walked was changed: below the
+ * first skipped row (another transaction changed it meanwhile; it is
+ * rechecked by its own conditions), else below the first young one, else $3
+ * when todo held the whole range, else todo's last; and whether todo was
+ * full and all old (call again).  So the mark passes rows the walk does not
+ * take (tombstones, for expiry), and the next walk does not read them again.
  *
  * The walks read a table that may have grown from empty since they were
  * planned, or never been analyzed: they are planned again at each execution
@@ -49,9 +53,9 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 "  WHERE d.seq NOT IN (SELECT c.seq FROM changed c)" \
 ")" \
 "SELECT (SELECT pg_catalog.count(*) FROM changed)," \
-"  CASE WHEN (SELECT pg_catalog.count(*) < $4 AND coalesce(pg_catalog.bool_and(old), true) FROM todo)" \
-"            AND (SELECT seq FROM skipped) IS NULL THEN $3" \
-"       ELSE coalesce((SELECT seq - 1 FROM skipped), (SELECT pg_catalog.max(seq) FROM changed)) END," \
+"  coalesce((SELECT seq - 1 FROM skipped)," \
+"           (SELECT pg_catalog.min(seq) - 1 FROM todo WHERE NOT old)," \
+"           (SELECT CASE WHEN pg_catalog.count(*) < $4 THEN $3 ELSE pg_catalog.max(seq) END FROM todo))," \
 "  coalesce((SELECT pg_catalog.count(*) = $4 AND pg_catalog.bool_and(old) FROM todo), false)"
 
 /*
@@ -100,16 +104,17 @@ WALK_DOOMED
 WALK_ANSWER;
 
 /*
- * Whether a walk has work, read without a lock: the first event after
- * expired_upto ($3, up to the watermark $4) was ingested before $1, or the
- * first tombstone after forgotten_upto ($5) expired before $2.  So an idle
+ * Whether a walk has work, read without a lock: the first row after
+ * expired_upto ($3, up to the watermark $4) is a tombstone (the mark can
+ * pass it: after a restore the marks start at 0) or was ingested before $1,
+ * or the first tombstone after forgotten_upto ($5) expired before $2.  So an idle
  * expiry writes nothing (no transaction id, no WAL).  The marks come as
  * parameters, read just before: joined to aggr.expiry, which has no
  * statistics, the estimate made it look costly enough for JIT (0.2 s).
  */
 static const char *const due_sql =
-"SELECT coalesce((SELECT e.ingested_at < $1 FROM aggr.events e"
-"                 WHERE e.seq > $3 AND e.seq <= $4 AND e.expired_at IS NULL"
+"SELECT coalesce((SELECT e.expired_at IS NOT NULL OR e.ingested_at < $1 FROM aggr.events e"
+"                 WHERE e.seq > $3 AND e.seq <= $4"
 "                 ORDER BY e.seq LIMIT 1), false)"
 "    OR coalesce((SELECT e.expired_at < $2 FROM aggr.events e"
 "                 WHERE e.seq > $5 AND e.seq <= $3 AND e.expired_at IS NOT NULL"
@@ -340,6 +345,8 @@ aggr_expire(PG_FUNCTION_ARGS)
 	int64		expired = 0;
 	int64		forgotten = 0;
 	AggrExpiryResult batch;
+	MemoryContext batch_context;
+	MemoryContext caller_context;
 
 	if (PG_ARGISNULL(1) || PG_GETARG_INT32(1) < 1 || PG_GETARG_INT32(1) > AGGR_EXPIRE_MAX_LIMIT)
 		ereport(ERROR,
@@ -348,6 +355,11 @@ aggr_expire(PG_FUNCTION_ARGS)
 				errdetail("The limit given was %s.",
 						  PG_ARGISNULL(1) ? "null" : psprintf("%d", PG_GETARG_INT32(1))));
 	limit = PG_GETARG_INT32(1);
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				errmsg("aggr_expire runs only on the primary"),
+				errdetail("A standby is read-only; expiry on the primary reaches it by replication."));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -369,13 +381,20 @@ aggr_expire(PG_FUNCTION_ARGS)
 																  PG_GETARG_DATUM(0)))));
 	}
 
+	/* what a batch allocates (the lock table's copy) goes with it */
+	batch_context = AllocSetContextCreate(CurrentMemoryContext, "aggr_expire batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	caller_context = MemoryContextSwitchTo(batch_context);
 	do
 	{
+		MemoryContextReset(batch_context);
 		AggrExpireBatch(cutoff, (int) Min(AGGR_EXPIRE_BATCH, limit - expired),
 						true, &batch);
 		expired += batch.expired;
 		forgotten += batch.forgotten;
 	} while ((batch.more_to_expire && expired < limit) ||
 			 (batch.more_to_forget && forgotten < limit));
+	MemoryContextSwitchTo(caller_context);
+	MemoryContextDelete(batch_context);
 	PG_RETURN_INT64(expired);
 }
