@@ -13,6 +13,7 @@ OBJS = \
 	extension/stats.o \
 	extension/watermark.o \
 	extension/expire.o \
+	extension/citus.o \
 	bgworker/slots.o \
 	bgworker/consumer.o \
 	bgworker/expiry.o
@@ -21,7 +22,8 @@ OBJS = \
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" aggr.control)
 DATA_built = extension/aggr--$(EXTVERSION).sql
 DATA = extension/aggr--0.1.sql extension/aggr--0.1--0.2.sql extension/aggr--0.2.sql \
-	extension/aggr--0.2--0.3.sql extension/aggr--0.3.sql extension/aggr--0.3--0.4.sql
+	extension/aggr--0.2--0.3.sql extension/aggr--0.3.sql extension/aggr--0.3--0.4.sql \
+	extension/aggr--0.4.sql extension/aggr--0.4--0.5.sql
 PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 
 # pg_regress and the isolation specs pass against any running server, aggr

@@ -33,6 +33,7 @@
 #include "postgres.h"
 
 #include "../extension/aggr.h"
+#include "../extension/citus.h"
 #include "../extension/ingest.h"
 #include "../extension/queue.h"
 #include "consumer.h"
@@ -628,16 +629,23 @@ NoteFailure(ErrorData *error)
 	ingesting.token = NULL;
 }
 
-/* Checks, in a transaction of its own, that CREATE EXTENSION aggr was run. */
+/*
+ * Checks, in a transaction of its own, that CREATE EXTENSION aggr was run;
+ * *citus_worker: this server is a Citus worker node (citus.h), where a
+ * consumer would take from the lists of the coordinator's slots.
+ */
 static bool
-ExtensionInstalled(void)
+ExtensionInstalled(bool *citus_worker)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	bool		installed;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	installed = OidIsValid(get_extension_oid("aggr", true));
+	*citus_worker = installed && AggrCitusRoleNow().worker;
+	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);
 	return installed;
@@ -728,6 +736,7 @@ AggrConsumerMain(Datum main_arg)
 	MemoryContext loop_context;
 	volatile bool extension_ready = false;
 	volatile bool warned_missing = false;
+	bool		citus_worker;
 
 	my_slot = DatumGetInt32(main_arg);
 	adopt_pending = (my_slot == 1);
@@ -771,15 +780,24 @@ AggrConsumerMain(Datum main_arg)
 
 		PG_TRY();
 		{
-			if (!extension_ready)
+			/*
+			 * Before every batch: a server becomes a Citus worker node when
+			 * the coordinator adds it, at any time.
+			 */
+			extension_ready = ExtensionInstalled(&citus_worker);
+			if (citus_worker)
 			{
-				extension_ready = ExtensionInstalled();
-				if (!extension_ready && !warned_missing)
-					ereport(LOG,
-							(errmsg("aggr consumer %d: extension aggr is not installed in database \"%s\"; waiting",
-									my_slot, aggr_database)));
-				warned_missing = !extension_ready;
+				ereport(LOG,
+						(errmsg("aggr consumer %d: this server is a Citus worker node; consumers run on the coordinator only, so this one stops",
+								my_slot),
+						 errhint("Set aggr.broker_url on the coordinator only.")));
+				proc_exit(0);	/* exit code 0: not restarted */
 			}
+			if (!extension_ready && !warned_missing)
+				ereport(LOG,
+						(errmsg("aggr consumer %d: extension aggr is not installed in database \"%s\"; waiting",
+								my_slot, aggr_database)));
+			warned_missing = !extension_ready;
 			failed = !extension_ready || !EnsureQueue();
 
 			/*

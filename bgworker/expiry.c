@@ -16,6 +16,7 @@
 #include "../extension/aggr.h"
 #include "../extension/expire.h"
 #include "expiry.h"
+#include "../extension/citus.h"
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -70,6 +71,8 @@ typedef enum Schema
 	SCHEMA_MISSING,				/* no CREATE EXTENSION aggr in aggr.database */
 	SCHEMA_OLD,					/* an aggr before 0.4: ALTER EXTENSION aggr
 								 * UPDATE */
+	SCHEMA_CITUS_WORKER,		/* expiry runs on the coordinator (citus.h) */
+	SCHEMA_DISTRIBUTED,			/* aggr.events distributed: not expired yet */
 	SCHEMA_READY
 } Schema;
 
@@ -77,12 +80,18 @@ static Schema
 CurrentSchema(void)
 {
 	Oid			namespace;
+	AggrCitusRole role;
 
 	if (!OidIsValid(get_extension_oid("aggr", true)))
 		return SCHEMA_MISSING;
 	namespace = get_namespace_oid("aggr", true);
 	if (!OidIsValid(namespace) || !OidIsValid(get_relname_relid("expiry", namespace)))
 		return SCHEMA_OLD;
+	role = AggrCitusRoleNow();
+	if (role.worker)
+		return SCHEMA_CITUS_WORKER;
+	if (role.distributed)
+		return SCHEMA_DISTRIBUTED;
 	return SCHEMA_READY;
 }
 
@@ -123,11 +132,19 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 	{
 		Schema		schema = RunBatch(result);
 
+		if (schema == SCHEMA_CITUS_WORKER)
+		{
+			ereport(LOG,
+					(errmsg("aggr expiry: this server is a Citus worker node; expiry runs on the coordinator only, so this worker stops")));
+			proc_exit(0);		/* exit code 0: not restarted */
+		}
 		if (schema != SCHEMA_READY && schema != logged)
 			ereport(LOG,
 					(errmsg(schema == SCHEMA_MISSING ?
 							"aggr expiry: extension aggr is not installed in database \"%s\"; waiting" :
-							"aggr expiry: extension aggr in database \"%s\" is older than 0.4; waiting",
+							schema == SCHEMA_OLD ?
+							"aggr expiry: extension aggr in database \"%s\" is older than 0.4; waiting" :
+							"aggr expiry: aggr.events in database \"%s\" is distributed by Citus, which retention does not support yet; events are kept",
 							aggr_database),
 					 schema == SCHEMA_OLD ? errhint("Run ALTER EXTENSION aggr UPDATE there.") : 0));
 		logged = schema;

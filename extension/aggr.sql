@@ -318,6 +318,57 @@ COMMENT ON FUNCTION aggr_health() IS
     'aggr: status ok when the broker (if configured) and every consumer are up, else down naming what is down';
 
 /*
+ * Citus (README, "Citus"; extension/citus.h): distributes aggr.events over
+ * the worker nodes, by event_id, which spreads any mix of topics evenly (a
+ * topic would put a busy topic on one node).  The other tables stay on the
+ * coordinator, where ingest, consumers and expiry run: the counters are
+ * upserted there in the batch's statement, locally.  Once only: Citus cannot
+ * alter or undistribute a table an extension owns, so the shard count is
+ * fixed from here on.  The TRUNCATE trigger goes (Citus distributes no table
+ * with triggers); expiry's restart check covers what it did.  Not SECURITY
+ * DEFINER: the caller must own the table, as create_distributed_table wants.
+ */
+CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT 8) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+AS $$
+BEGIN
+    IF shard_count IS NULL OR shard_count NOT BETWEEN 1 AND 1024 THEN
+        RAISE EXCEPTION 'shard_count must be between 1 and 1024'
+            USING ERRCODE = '22023',
+                  DETAIL = format('The shard_count given was %s.', coalesce(shard_count::text, 'null'));
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'aggr_distribute needs the citus extension'
+            USING ERRCODE = '0A000',
+                  HINT = 'Install Citus on every node, run CREATE EXTENSION citus, add the worker nodes, then call aggr_distribute() on the coordinator.';
+    END IF;
+    IF (SELECT groupid FROM pg_dist_local_group) <> 0 THEN
+        RAISE EXCEPTION 'aggr_distribute runs on the Citus coordinator, and this server is a worker node'
+            USING ERRCODE = '0A000', HINT = 'Connect to the coordinator.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'aggr.events'::regclass) THEN
+        RAISE EXCEPTION 'aggr.events is distributed already'
+            USING ERRCODE = '55000',
+                  DETAIL = format('It has %s shards, fixed for good: Citus does not alter a table an extension owns.',
+                                  (SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'aggr.events'::regclass));
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0) THEN
+        RAISE EXCEPTION 'the Citus cluster has no worker node'
+            USING ERRCODE = '55000',
+                  HINT = 'Add the worker nodes first: SELECT citus_add_node(host, port) on the coordinator.';
+    END IF;
+    DROP TRIGGER events_truncated ON aggr.events;
+    PERFORM create_distributed_table('aggr.events', 'event_id',
+                                     shard_count => aggr_distribute.shard_count,
+                                     colocate_with => 'none');
+    PERFORM truncate_local_data_after_distributing_table('aggr.events');
+END
+$$;
+COMMENT ON FUNCTION aggr_distribute(integer) IS
+    'aggr: distribute aggr.events with Citus, by event_id, in shard_count shards (once; run on the coordinator)';
+
+/*
  * pg_dump dumps the contents of these tables (and the state of their
  * identity sequences), not only CREATE EXTENSION: the events are user data.
  */
@@ -333,7 +384,8 @@ SELECT pg_catalog.pg_extension_config_dump('aggr.consumers', '');
  * fixed search_path), so a role granted EXECUTE may publish and read without
  * any privilege on the tables.  Nobody gets EXECUTE by default.
  */
-REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_expire(interval, integer), aggr_publish(jsonb), aggr_publish_text(text),
+REVOKE ALL ON FUNCTION aggr_ingest(jsonb), aggr_expire(interval, integer), aggr_distribute(integer),
+    aggr_publish(jsonb), aggr_publish_text(text),
     aggr_publish_ndjson(text),
     aggr_events(text, integer, bigint), aggr_events_page(text, integer, bigint),
     aggr_events_watermark(),

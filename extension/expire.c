@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "aggr.h"
+#include "citus.h"
 #include "expire.h"
 #include "ingest.h"
 #include "watermark.h"
@@ -366,6 +367,12 @@ aggr_expire(PG_FUNCTION_ARGS)
 				errmsg("aggr_expire runs only in READ COMMITTED transactions"),
 				errdetail("A snapshot that outlives a statement may miss events committed since, and expiry would pass them for good."),
 				errhint("Run it in a READ COMMITTED transaction (the default)."));
+	AggrRequireNotCitusWorker("aggr expires events");
+	if (AggrCitusRoleNow().distributed)
+		ereport(ERROR,
+				errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				errmsg("aggr_expire does not support a distributed aggr.events yet"),
+				errdetail("aggr_distribute() distributed aggr.events with Citus; its events are kept."));
 
 	if (!PG_ARGISNULL(0))
 	{

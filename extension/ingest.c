@@ -16,6 +16,7 @@
 
 #include "aggr.h"
 #include "broker.h"
+#include "citus.h"
 #include "ingest.h"
 #include "watermark.h"
 #include "../bgworker/slots.h"
@@ -101,17 +102,92 @@ AggrPreparedPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 	return AggrPreparedPlanWith(cache, sql, nargs, argtypes, 0);
 }
 
+/*
+ * The same batch into a distributed aggr.events (citus.h).  Citus runs each
+ * CTE of the statement as a sub-plan of its own, and one that is read twice
+ * is shipped to the nodes as an intermediate result; so here the batch is
+ * read once, by the insert, and each topic's received count comes from C
+ * ($7, $8, in topic order).  aggr.counters stays on the coordinator: a local
+ * upsert.  Measured on a 1+2 cluster (README, "Citus"), a tenth faster than
+ * ingest_sql there.
+ */
+static const char *const ingest_distributed_sql =
+"WITH stored AS ("
+"  INSERT INTO aggr.events (topic, event_id, \"timestamp\", source, payload)"
+"  SELECT topic, event_id, ts, source, payload"
+"  FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.timestamptz[],"
+"      $4::pg_catalog.text[], $5::pg_catalog.jsonb[])"
+"    WITH ORDINALITY AS b(topic, event_id, ts, source, payload, ord)"
+"  ORDER BY topic COLLATE \"C\", event_id COLLATE \"C\", ord"
+"  ON CONFLICT (topic, event_id) DO NOTHING"
+"  RETURNING topic"
+"), counted AS ("
+"  INSERT INTO aggr.counters AS c"
+"      (topic, shard, received, unique_processed, duplicate_dropped)"
+"  SELECT r.topic, $6, r.received, coalesce(s.stored, 0), r.received - coalesce(s.stored, 0)"
+"  FROM unnest($7::pg_catalog.text[], $8::pg_catalog.int8[]) AS r(topic, received)"
+"  LEFT JOIN (SELECT topic, pg_catalog.count(*) AS stored FROM stored GROUP BY topic) s"
+"    USING (topic)"
+"  ORDER BY r.topic COLLATE \"C\""
+"  ON CONFLICT (topic, shard) DO UPDATE SET"
+"    received = c.received + excluded.received,"
+"    unique_processed = c.unique_processed + excluded.unique_processed,"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
+")"
+"SELECT pg_catalog.count(*) FROM stored";
+
+static SPIPlanPtr ingest_distributed_plan = NULL;
+
+static int
+CompareTopics(const void *a, const void *b)
+{
+	text	   *x = DatumGetTextPP(*(const Datum *) a);
+	text	   *y = DatumGetTextPP(*(const Datum *) b);
+	int			lx = VARSIZE_ANY_EXHDR(x),
+				ly = VARSIZE_ANY_EXHDR(y);
+	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+/* $7 and $8 of ingest_distributed_sql: each topic once, in "C" order, and its count. */
+static void
+CountTopics(const AggrBatch *batch, Datum *topics_array, Datum *counts_array)
+{
+	int			n = batch->nevents,
+				ntopics = 0;
+	Datum	   *topics = palloc(n * sizeof(Datum));
+	Datum	   *counts = palloc(n * sizeof(Datum));
+
+	memcpy(topics, batch->topics, n * sizeof(Datum));
+	qsort(topics, n, sizeof(Datum), CompareTopics);
+	for (int i = 0; i < n; i++)
+	{
+		if (ntopics > 0 && CompareTopics(&topics[i], &topics[ntopics - 1]) == 0)
+			counts[ntopics - 1] = Int64GetDatum(DatumGetInt64(counts[ntopics - 1]) + 1);
+		else
+		{
+			topics[ntopics] = topics[i];
+			counts[ntopics++] = Int64GetDatum(1);
+		}
+	}
+	*topics_array = PointerGetDatum(construct_array(topics, ntopics, TEXTOID, -1, false, TYPALIGN_INT));
+	*counts_array = PointerGetDatum(construct_array(counts, ntopics, INT8OID, sizeof(int64),
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /* Runs the ingest statement once; returns how many events were stored. */
 static int64
 RunIngestStatement(const AggrBatch *batch)
 {
-	static Oid	argtypes[6] = {TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-	TEXTARRAYOID, JSONBARRAYOID, INT2OID};
-	Datum		values[6];
+	static Oid	argtypes[8] = {TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+	TEXTARRAYOID, JSONBARRAYOID, INT2OID, TEXTARRAYOID, INT8ARRAYOID};
+	Datum		values[8];
 	int			n = batch->nevents;
 	bool		isnull;
 	int64		stored;
 	int			ret;
+	SPIPlanPtr	plan;
 
 	values[0] = PointerGetDatum(construct_array(batch->topics, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[1] = PointerGetDatum(construct_array(batch->event_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
@@ -123,8 +199,14 @@ RunIngestStatement(const AggrBatch *batch)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_plan(AggrPreparedPlan(&ingest_plan, ingest_sql, 6, argtypes),
-						   values, NULL, false, 0);
+	if (AggrCitusRoleNow().distributed)
+	{
+		CountTopics(batch, &values[6], &values[7]);
+		plan = AggrPreparedPlan(&ingest_distributed_plan, ingest_distributed_sql, 8, argtypes);
+	}
+	else
+		plan = AggrPreparedPlan(&ingest_plan, ingest_sql, 6, argtypes);
+	ret = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ingest statement returned %d", ret);
 	stored = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -190,6 +272,7 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 {
 	IngestCall	call = {batch, 0};
 
+	AggrRequireNotCitusWorker("aggr ingests");
 	AggrHoldWatermark();
 	for (int attempt = 1;; attempt++)
 	{

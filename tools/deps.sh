@@ -9,6 +9,9 @@ AGGR_PACKAGES=(
     libipc-run-perl valgrind python3-yaml python3-jsonschema gnuplot-nox
     clang-14 libclang-rt-14-dev
     bison flex dpkg-dev zlib1g-dev
+    # Citus (tools/citus.sh)
+    autoconf liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libxslt1-dev
+    libpam0g-dev libssl-dev libreadline-dev
 )
 
 aggr_install_deps() {

@@ -6,7 +6,8 @@
 # from a temp copy of the tree (CI's clone may sit where that user cannot read):
 #   - make installcheck (pg_regress + isolation) against a stock server, then
 #     against the same server with aggr preloaded;
-#   - the TAP suite (all of it on 15; stock, direct, broker and sidecar on 18);
+#   - the TAP suite (all of it on 15, with a Citus cluster of three nodes
+#     built by tools/citus.sh; stock, direct, broker and sidecar on 18);
 # and, once: the program unit tests, make demo twice, the fuzz smoke, the
 # ASan/UBSan runs, and the pgindent check.  Removes everything it started,
 # whatever the outcome; exits non-zero on any failure.
@@ -62,6 +63,9 @@ build_tree() {
     chown -R "$runner" "$tree"
 }
 build_tree 15 "$pg15" || exit 1
+# Citus for t/080 (built once, cached; installed into 15 as root)
+citus=$(bash "$src/tools/citus.sh" "$pg15") || { echo "make test: could not build Citus (tools/citus.sh)" >&2; exit 1; }
+echo "make test: Citus $citus installed for PostgreSQL 15"
 build_tree 18 "$pg18" || exit 1
 # the sanitizer builds and the fuzz harnesses (clang: see sidecar/Makefile)
 as_runner make -C "$work/tree15/sidecar" -s asan fuzz_request || exit 1

@@ -1,0 +1,214 @@
+# Citus (README, "Citus"): aggr on a real cluster of one coordinator and two
+# worker nodes on loopback, as a user deploys it.  The workers have aggr's
+# files but do not preload it (one of them does, to prove its consumers and
+# expiry worker stop there); the coordinator preloads citus and aggr.
+#   - CREATE EXTENSION aggr on the coordinator reaches the workers;
+#   - aggr_distribute(): its argument checked, refused on a worker, once
+#     only, shards on both workers, the counters left on the coordinator;
+#   - ingest exact (the demo's 20,000 events, 35 % duplicates), refused on a
+#     worker with nothing changed; concurrent ingests of the same keys store
+#     them once; aggr_events pages every event once, in seq order;
+#   - the sidecar against the coordinator in direct mode while a worker node
+#     restarts with -m immediate: 503s while it is down, nothing acknowledged
+#     lost, counters exact;
+#   - broker mode: the sidecar queues, consumers on the coordinator drain into
+#     the distributed table, exact; the preloaded worker's consumers took
+#     nothing (they stopped, saying why);
+#   - DROP EXTENSION aggr on the coordinator.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use Time::HiRes qw(time usleep);
+use POSIX qw(:sys_wait_h);
+use lib 't';
+use AggrTest qw(start_redis stop_redis redis_cmd demo_events event_batches
+  check_invariants wait_for stats wait_drained spawn check_ledger);
+use SidecarTest qw(start_sidecar stop_sidecar http);
+
+my $publisher = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
+my $redis = start_redis();
+
+# A node listening on 127.0.0.1 (Citus connects to its nodes over TCP).
+sub citus_node
+{
+    my ($name, %conf) = @_;
+    my $node = PostgreSQL::Test::Cluster->new($name);
+    $node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+    $node->append_conf('pg_hba.conf', "host all all 127.0.0.1/32 trust\n");
+    %conf = (
+        shared_preload_libraries => 'citus',
+        listen_addresses => '127.0.0.1',
+        shared_buffers => '64MB',
+        log_min_messages => 'log',
+        'citus.max_cached_conns_per_worker' => 4,
+        %conf);
+    $node->append_conf('postgresql.conf',
+        join('', map { "$_ = '$conf{$_}'\n" } sort keys %conf));
+    $node->start;
+    $node->safe_psql('postgres', 'CREATE EXTENSION citus');
+    return $node;
+}
+
+my $coord = citus_node('coordinator', shared_preload_libraries => 'citus,aggr');
+my $w1 = citus_node('worker1');
+# this worker preloads aggr, names the broker and sets a retention: its
+# consumers and expiry worker must not run
+my $w2 = citus_node('worker2', shared_preload_libraries => 'citus,aggr',
+    'aggr.broker_url' => $redis->{url}, 'aggr.worker_count' => 2, 'aggr.retention' => '1h');
+$coord->safe_psql('postgres',
+    "SELECT citus_set_coordinator_host('127.0.0.1', " . $coord->port . ")");
+$coord->safe_psql('postgres', "SELECT citus_add_node('127.0.0.1', " . $_->port . ")")
+  for $w1, $w2;
+
+# (the error's SQLSTATE and message, for is())
+sub sql_error
+{
+    my ($node, $sql) = @_;
+    my ($out, $err) = ('', '');
+    $node->psql('postgres', "\\set VERBOSITY verbose\n$sql", stdout => \$out, stderr => \$err);
+    return $err =~ /ERROR:\s+(\w{5}): ([^\n]*)/ ? "$1 $2" : "no error: $out";
+}
+
+# --- the extension and aggr_distribute() ---
+$coord->safe_psql('postgres', 'CREATE EXTENSION aggr');
+is($w1->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'aggr'"),
+    $coord->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'aggr'"),
+    'CREATE EXTENSION aggr on the coordinator reached a worker that does not preload aggr');
+like(sql_error($coord, 'SELECT aggr_distribute(0)'), qr/^22023 shard_count must be between 1 and 1024/,
+    'aggr_distribute(0): 22023');
+like(sql_error($w1, 'SELECT aggr_distribute()'), qr/^0A000 aggr_distribute runs on the Citus coordinator/,
+    'aggr_distribute() on a worker node: 0A000');
+$coord->safe_psql('postgres', 'SELECT aggr_distribute(4)');
+like(sql_error($coord, 'SELECT aggr_distribute(4)'), qr/^55000 aggr.events is distributed already/,
+    'a second aggr_distribute(): 55000, nothing changed');
+is($coord->safe_psql('postgres', q{
+    SELECT count(*) || ' shards on ' || count(DISTINCT p.groupid) || ' nodes'
+    FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)
+    WHERE s.logicalrelid = 'aggr.events'::regclass}),
+    '4 shards on 2 nodes', 'aggr.events: 4 shards, spread over both workers');
+is($coord->safe_psql('postgres', q{
+    SELECT string_agg(logicalrelid::text, ',') FROM pg_dist_partition
+    WHERE logicalrelid::text LIKE 'aggr.%'}),
+    'aggr.events', 'only aggr.events is distributed; counters and the rest stay on the coordinator');
+
+# --- ingest ---
+my @events = demo_events(20000, 0.35, 'c');
+my $n = 0;
+for my $batch (event_batches(500, @events))
+{
+    $coord->safe_psql('postgres', "SELECT aggr_ingest(\$j\$$batch\$j\$)");
+}
+check_invariants($coord, 'the demo ingested on the coordinator',
+    received => 20000, unique => 13000, duplicates => 7000);
+my %per_worker = map { split /\|/ } split /\n/, $coord->safe_psql('postgres', q{
+    SELECT nodeport, sum(result::bigint) FROM run_command_on_shards('aggr.events', 'SELECT count(*) FROM %s')
+    JOIN pg_dist_shard_placement USING (shardid) GROUP BY nodeport});
+is(scalar(keys %per_worker), 2, 'events on both workers');
+ok((grep { $_ > 4000 } values %per_worker) == 2, 'spread evenly by event_id: ' . join(' + ', values %per_worker));
+
+like(sql_error($w1, q{SELECT aggr_ingest('{"topic": "w", "event_id": "1", "timestamp": 0, "source": "w"}')}),
+    qr/^0A000 aggr ingests only on the Citus coordinator/, 'aggr_ingest on a worker node: 0A000');
+like(sql_error($w1, q{SELECT aggr_publish('{"topic": "w", "event_id": "1", "timestamp": 0, "source": "w"}')}),
+    qr/^0A000 aggr ingests only on the Citus coordinator/, 'aggr_publish on a worker node: 0A000');
+like(sql_error($coord, 'SELECT aggr_expire()'), qr/^0A000 aggr_expire does not support a distributed aggr.events/,
+    'aggr_expire() on a distributed aggr.events: 0A000');
+check_invariants($coord, 'after the refused calls', received => 20000, unique => 13000);
+
+# concurrent ingests of the same new keys, from two sessions: stored once
+my $dir = PostgreSQL::Test::Utils::tempdir('citus');
+my @same = demo_events(4000, 0, 'same');
+open(my $fh, '>', "$dir/same.sql") or die;
+print $fh "SELECT aggr_ingest(\$j\$$_\$j\$);\n" for event_batches(200, @same);
+close $fh;
+my @psql = map {
+    spawn("$dir/same$_.log", 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
+        '-d', $coord->connstr('postgres'), '-f', "$dir/same.sql")
+} 1, 2;
+for my $pid (@psql) { waitpid($pid, 0); is($?, 0, 'a concurrent session ingested without an error'); }
+check_invariants($coord, 'two sessions ingesting the same 4,000 keys',
+    received => 28000, unique => 17000, duplicates => 11000);
+
+# aggr_events pages every event once, in seq order
+my ($after, $paged, $ordered, %seen) = (0, 0, 1);
+while (1)
+{
+    my $page = $coord->safe_psql('postgres',
+        "SELECT seq, topic || '/' || event_id FROM aggr_events(NULL, 1000, $after)");
+    last if $page eq '';
+    for (split /\n/, $page)
+    {
+        my ($seq, $key) = split /\|/;
+        $ordered = 0 if $seq <= $after;
+        $seen{$key}++;
+        $after = $seq;
+        $paged++;
+    }
+}
+is($paged, 17000, 'aggr_events paged all 17,000 events');
+is(scalar(keys %seen), 17000, 'each once');
+ok($ordered, 'in seq order');
+
+# --- the sidecar in direct mode; a worker node restarts mid-stream ---
+my $sidecar = start_sidecar($coord);
+my $url = "http://127.0.0.1:$sidecar->{port}";
+my $pub = spawn("$dir/direct.log", $publisher, '--url', $url, '--events', 20000,
+    '--dup-ratio', '0.35', '--batch', 100, '--concurrency', 2, '--rate', 4000,
+    '--seed', 7, '--source', 'citus-direct', '--ledger', "$dir/direct.tsv",
+    '--max-retry-time', 120, '--timeout', 20, '--quiet');
+wait_for(sub { $coord->safe_psql('postgres', "SELECT count(*) FROM aggr.events WHERE source = 'citus-direct'") > 2000 }, 60)
+  or die 'the direct stream did not start';
+$w1->stop('immediate');
+sleep 2;
+$w1->start;
+waitpid($pub, 0);
+is($? >> 8, 0, 'the publisher had every event acknowledged in the end');
+# a commit whose COMMIT PREPARED did not reach the node as it went down is
+# finished by Citus's recovery (every citus.recover_2pc_interval; here now)
+$coord->safe_psql('postgres', 'SELECT recover_prepared_transactions()');
+my $ledger = check_ledger($coord, 'citus-direct', "$dir/direct.tsv");
+is($ledger->{lost}, 0, "direct mode, worker restarted: 0 of $ledger->{acknowledged} acknowledged events lost");
+is($ledger->{unexpected}, 0, 'and none stored that was never sent');
+my $metrics = http($sidecar->{port}, 'GET', '/metrics')->{body};
+my ($unavailable) = $metrics =~ /aggr_http_requests_total\{route="\/publish",status="503"\} (\d+)/;
+ok(($unavailable // 0) > 0, '503s while the worker was down: ' . ($unavailable // 0));
+my $s = check_invariants($coord, 'direct mode through a worker restart');
+ok($s->{received} >= 28000 + 20000 && $s->{received} <= 28000 + 20000 + $ledger->{max_received} - $ledger->{min_received},
+    "received $s->{received}: each acknowledged event once, plus at most the attempts whose answer was lost");
+stop_sidecar($sidecar);
+
+# --- broker mode: consumers on the coordinator only ---
+$coord->append_conf('postgresql.conf', "aggr.broker_url = '$redis->{url}'\naggr.worker_count = 2\n");
+$coord->restart;
+my $before = stats($coord);
+$sidecar = start_sidecar($coord);
+$url = "http://127.0.0.1:$sidecar->{port}";
+system($publisher, '--url', $url, '--events', 20000, '--dup-ratio', '0.35',
+    '--seed', 11, '--source', 'citus-broker', '--wait-ready', 30, '--quiet');
+is($? >> 8, 0, 'broker mode: 20,000 events accepted by the sidecar');
+ok(wait_drained($coord, $redis, 120), 'the coordinator\'s consumers drained the queue');
+check_invariants($coord, 'broker mode into the distributed table',
+    received => $before->{received} + 20000,
+    unique => $before->{unique_processed} + 13000);
+is(http($sidecar->{port}, 'GET', '/stats')->{status}, 200, 'GET /stats through the sidecar');
+stop_sidecar($sidecar);
+my $w2_log = slurp_file($w2->logfile);
+ok($w2_log =~ /aggr consumer 1: this server is a Citus worker node; consumers run on the coordinator only, so this one stops/,
+    'the preloaded worker node\'s consumers stopped, saying why');
+ok($w2_log =~ /aggr expiry: this server is a Citus worker node/, 'and so did its expiry worker');
+is($w2->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'aggr%'}),
+    0, 'no aggr background worker runs on the worker node');
+
+# --- dropping the extension ---
+$coord->safe_psql('postgres', 'DROP EXTENSION aggr');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'aggr.%'"),
+    0, 'DROP EXTENSION aggr drops the distributed table');
+is($w1->safe_psql('postgres', "SELECT count(*) FROM pg_extension WHERE extname = 'aggr'"),
+    0, 'and the extension is gone from the workers');
+
+$_->stop for $coord, $w1, $w2;
+stop_redis($redis);
+done_testing();
