@@ -29,7 +29,7 @@ PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 # pg_regress and the isolation specs pass against any running server, aggr
 # preloaded or not (make installcheck); what needs the preload or a broker is
 # TAP (t/), where each test starts its own servers.
-REGRESS = validate ingest ndjson query stats expire privileges upgrade
+REGRESS = validate ingest ndjson query stats expire citus privileges upgrade
 ISOLATION = ingest_race stats_race gapless_paging expire_race
 TAP_TESTS = 1
 
@@ -104,8 +104,12 @@ demo-stop:
 bench:
 	bash bench/run.sh
 
+# aggr_ingest on a 1+2 Citus cluster beside one PostgreSQL, and its projection
+bench-citus:
+	bash bench/citus.sh
+
 # pgindent (from the cached PostgreSQL 18 tree) over all of aggr's C
 indent:
 	bash tools/indent.sh
 
-.PHONY: indent installcheck-tap faults fuzz programs install-programs clean-programs test demo demo-stop bench
+.PHONY: indent installcheck-tap faults fuzz programs install-programs clean-programs test demo demo-stop bench bench-citus

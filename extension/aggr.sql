@@ -324,19 +324,22 @@ COMMENT ON FUNCTION aggr_health() IS
  * coordinator, where ingest, consumers and expiry run: the counters are
  * upserted there in the batch's statement, locally.  Once only: Citus cannot
  * alter or undistribute a table an extension owns, so the shard count is
- * fixed from here on.  The TRUNCATE trigger goes (Citus distributes no table
+ * fixed from here on (default: two per worker node; measured in README, fewer
+ * shards cost the coordinator less per batch).  The TRUNCATE trigger goes (Citus distributes no table
  * with triggers); expiry's restart check covers what it did.  Not SECURITY
  * DEFINER: the caller must own the table, as create_distributed_table wants.
  */
-CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT 8) RETURNS void
+CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
 AS $$
+DECLARE
+    shards integer := aggr_distribute.shard_count;
 BEGIN
-    IF shard_count IS NULL OR shard_count NOT BETWEEN 1 AND 1024 THEN
+    IF shards IS NOT NULL AND shards NOT BETWEEN 1 AND 1024 THEN
         RAISE EXCEPTION 'shard_count must be between 1 and 1024'
             USING ERRCODE = '22023',
-                  DETAIL = format('The shard_count given was %s.', coalesce(shard_count::text, 'null'));
+                  DETAIL = format('The shard_count given was %s.', shards);
     END IF;
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
         RAISE EXCEPTION 'aggr_distribute needs the citus extension'
@@ -358,15 +361,16 @@ BEGIN
             USING ERRCODE = '55000',
                   HINT = 'Add the worker nodes first: SELECT citus_add_node(host, port) on the coordinator.';
     END IF;
+    -- the default: two shards per worker node, room to double the cluster by moving shards
+    shards := coalesce(shards, 2 * (SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0));
     DROP TRIGGER events_truncated ON aggr.events;
-    PERFORM create_distributed_table('aggr.events', 'event_id',
-                                     shard_count => aggr_distribute.shard_count,
+    PERFORM create_distributed_table('aggr.events', 'event_id', shard_count => shards,
                                      colocate_with => 'none');
     PERFORM truncate_local_data_after_distributing_table('aggr.events');
 END
 $$;
 COMMENT ON FUNCTION aggr_distribute(integer) IS
-    'aggr: distribute aggr.events with Citus, by event_id, in shard_count shards (once; run on the coordinator)';
+    'aggr: distribute aggr.events with Citus, by event_id, in shard_count shards (default: two per worker node; once; run on the coordinator)';
 
 /*
  * pg_dump dumps the contents of these tables (and the state of their

@@ -82,14 +82,14 @@ like(sql_error($coord, 'SELECT aggr_distribute(0)'), qr/^22023 shard_count must 
     'aggr_distribute(0): 22023');
 like(sql_error($w1, 'SELECT aggr_distribute()'), qr/^0A000 aggr_distribute runs on the Citus coordinator/,
     'aggr_distribute() on a worker node: 0A000');
-$coord->safe_psql('postgres', 'SELECT aggr_distribute(4)');
+$coord->safe_psql('postgres', 'SELECT aggr_distribute()');
 like(sql_error($coord, 'SELECT aggr_distribute(4)'), qr/^55000 aggr.events is distributed already/,
     'a second aggr_distribute(): 55000, nothing changed');
 is($coord->safe_psql('postgres', q{
     SELECT count(*) || ' shards on ' || count(DISTINCT p.groupid) || ' nodes'
     FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)
     WHERE s.logicalrelid = 'aggr.events'::regclass}),
-    '4 shards on 2 nodes', 'aggr.events: 4 shards, spread over both workers');
+    '4 shards on 2 nodes', 'aggr_distribute() by default: 4 shards (two per worker), spread over both workers');
 is($coord->safe_psql('postgres', q{
     SELECT string_agg(logicalrelid::text, ',') FROM pg_dist_partition
     WHERE logicalrelid::text LIKE 'aggr.%'}),
