@@ -350,6 +350,8 @@ BEGIN
         RAISE EXCEPTION 'aggr_distribute runs on the Citus coordinator, and this server is a worker node'
             USING ERRCODE = '0A000', HINT = 'Connect to the coordinator.';
     END IF;
+    -- one call at a time; ingest and readers wait for the copy of the events
+    LOCK TABLE aggr.events IN ACCESS EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'aggr.events'::regclass) THEN
         RAISE EXCEPTION 'aggr.events is distributed already'
             USING ERRCODE = '55000',

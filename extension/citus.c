@@ -7,9 +7,12 @@
 #include "citus.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
+#include "utils/lsyscache.h"
 
 /* the answer for one local transaction: ingest asks once per batch */
 static AggrCitusRole role_cached;
@@ -42,11 +45,21 @@ AggrCitusRoleNow(void)
 
 	if (role_cached_in == CurrentLocalTransactionId())
 		return role_cached;
+	Assert(IsTransactionState());
 	if (OidIsValid(get_extension_oid("citus", true)))
 	{
+		Oid			events = get_relname_relid("events", get_namespace_oid("aggr", false));
+
+		/*
+		 * aggr_distribute() holds an AccessExclusiveLock until it commits:
+		 * the answer, read after this lock with a new snapshot, holds for the
+		 * rest of the transaction.
+		 */
+		if (OidIsValid(events))
+			LockRelationOid(events, AccessShareLock);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(role_sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		if (SPI_execute(role_sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not read Citus's metadata");
 		role.worker = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;

@@ -354,6 +354,7 @@ Publish(Jsonb *request, const char *json, int len)
 	AggrBatch	batch;
 	AggrIngestResult result = {0};
 
+	AggrRequireNotCitusWorker("aggr ingests");
 	if (AggrBrokerWantedWithoutPreload())
 		AggrRequirePreload("broker mode");
 	AggrValidateRequest(request, &batch, !AggrBrokerConfigured());

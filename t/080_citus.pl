@@ -114,6 +114,10 @@ like(sql_error($w1, q{SELECT aggr_ingest('{"topic": "w", "event_id": "1", "times
     qr/^0A000 aggr ingests only on the Citus coordinator/, 'aggr_ingest on a worker node: 0A000');
 like(sql_error($w1, q{SELECT aggr_publish('{"topic": "w", "event_id": "1", "timestamp": 0, "source": "w"}')}),
     qr/^0A000 aggr ingests only on the Citus coordinator/, 'aggr_publish on a worker node: 0A000');
+like(sql_error($w2, q{SELECT aggr_publish('{"topic": "w", "event_id": "1", "timestamp": 0, "source": "w"}')}),
+    qr/^0A000 aggr ingests only on the Citus coordinator/,
+    'aggr_publish on a worker node with aggr.broker_url set: 0A000');
+is(redis_cmd($redis, 'LLEN', 'aggregator:events'), 0, 'and nothing was queued');
 like(sql_error($coord, 'SELECT aggr_expire()'), qr/^0A000 aggr_expire does not support a distributed aggr.events/,
     'aggr_expire() on a distributed aggr.events: 0A000');
 check_invariants($coord, 'after the refused calls', received => 20000, unique => 13000);
