@@ -30,7 +30,8 @@ FROM aggr_events_page('topic_1', 2);
 BEGIN;
 SELECT aggr_ingest('{"topic": "own", "event_id": "o", "timestamp": 0, "source": "s"}') ->> 'unique' AS stored;
 SELECT event_id FROM aggr_events('own');
-SELECT locktype, objsubid, mode FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+-- (aggr's kind of advisory lock: Citus, when it runs this test, takes its own)
+SELECT locktype, objsubid, mode FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 24935 AND pid = pg_backend_pid();
 ROLLBACK;
 -- a snapshot that outlives the statement cannot page without gaps
 BEGIN ISOLATION LEVEL REPEATABLE READ;
@@ -46,7 +47,7 @@ SELECT count(*) FROM aggr_events(NULL, 10000);
 -- the pages are served by indexes, not by sorting the table: EXPLAIN each
 -- query aggr_events_page() runs to read a page, taken from its source, with
 -- its arguments as parameters (the cut at the watermark applies after)
-CREATE FUNCTION pg_temp.plans_of_aggr_events() RETURNS SETOF text LANGUAGE plpgsql AS $$
+CREATE FUNCTION plans_of_aggr_events() RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     query text;
     line text;
@@ -61,16 +62,19 @@ BEGIN
                      'aggr_events_page."limit"', '$3');
         EXECUTE 'PREPARE page(text, bigint, integer) AS ' || query;
         RETURN NEXT regexp_replace(query, '\s+', ' ', 'g');
+        -- (on Citus, without the node's address and the shards' numbers)
         FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) EXECUTE page(''x'', 5, 10)' LOOP
-            RETURN NEXT line;
+            CONTINUE WHEN line ~ 'Node: host=';
+            RETURN NEXT regexp_replace(line, '(\w)_\d{6}\M', '\1', 'g');
         END LOOP;
         DEALLOCATE page;
     END LOOP;
 END
 $$;
 SET enable_seqscan = off;
-SELECT * FROM pg_temp.plans_of_aggr_events();
+SELECT * FROM plans_of_aggr_events();
 RESET enable_seqscan;
+DROP FUNCTION plans_of_aggr_events();
 
 -- keys compare byte by byte, whatever the database's locale
 SELECT attrelid::regclass AS "table", attname, attcollation::regcollation AS collation
