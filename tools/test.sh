@@ -6,8 +6,9 @@
 # from a temp copy of the tree (CI's clone may sit where that user cannot read):
 #   - make installcheck (pg_regress + isolation) against a stock server, then
 #     against the same server with aggr preloaded;
-#   - the TAP suite (all of it on 15, with a Citus cluster of three nodes
-#     built by tools/citus.sh; stock, direct, broker and sidecar on 18);
+#   - the TAP suite (all of it on 15; stock, direct, broker, sidecar, stream,
+#     retention and Citus on 18), t/080 on a Citus cluster of three nodes
+#     (Citus 13.2.2 on 15, 14.0.1 on 18, built by tools/citus.sh);
 # and, once: the program unit tests, make demo twice, the fuzz smoke, the
 # ASan/UBSan runs, and the pgindent check.  Removes everything it started,
 # whatever the outcome; exits non-zero on any failure.
@@ -63,9 +64,12 @@ build_tree() {
     chown -R "$runner" "$tree"
 }
 build_tree 15 "$pg15" || exit 1
-# Citus for t/080 (built once, cached; installed into 15 as root)
-citus=$(bash "$src/tools/citus.sh" "$pg15") || { echo "make test: could not build Citus (tools/citus.sh)" >&2; exit 1; }
-echo "make test: Citus $citus installed for PostgreSQL 15"
+# Citus for t/080 (built once per major, cached; installed as root)
+for pg_config in "$pg15" "$pg18"; do
+    citus=$(bash "$src/tools/citus.sh" "$pg_config") ||
+        { echo "make test: could not build Citus for $pg_config (tools/citus.sh)" >&2; exit 1; }
+    echo "make test: Citus $citus installed for $("$pg_config" --version)"
+done
 build_tree 18 "$pg18" || exit 1
 # the sanitizer builds and the fuzz harnesses (clang: see sidecar/Makefile)
 as_runner make -C "$work/tree15/sidecar" -s asan fuzz_request || exit 1
@@ -134,8 +138,8 @@ else
         preload_cluster "$major" || exit 1
         installcheck "$major" "aggr preloaded" "$pg_config"
     done
-    suite 18 "TAP: stock server, direct, broker, queue, sidecar, event stream, retention, compose settings" make -s installcheck-tap \
-        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/046_stream.pl t/047_retention.pl t/060_compose.pl"
+    suite 18 "TAP: stock server, direct, broker, queue, sidecar, event stream, retention, compose settings, Citus" make -s installcheck-tap \
+        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/046_stream.pl t/047_retention.pl t/060_compose.pl t/080_citus.pl"
     suite 15 "TAP end-to-end" make -s installcheck-tap
     suite 15 "sidecar unit tests" make -s -C sidecar check
     suite 15 "publisher unit tests" make -s -C publisher check
