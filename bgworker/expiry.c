@@ -72,7 +72,6 @@ typedef enum Schema
 	SCHEMA_OLD,					/* an aggr before 0.4: ALTER EXTENSION aggr
 								 * UPDATE */
 	SCHEMA_CITUS_WORKER,		/* expiry runs on the coordinator (citus.h) */
-	SCHEMA_DISTRIBUTED,			/* aggr.events distributed: not expired yet */
 	SCHEMA_READY
 } Schema;
 
@@ -80,18 +79,14 @@ static Schema
 CurrentSchema(void)
 {
 	Oid			namespace;
-	AggrCitusRole role;
 
 	if (!OidIsValid(get_extension_oid("aggr", true)))
 		return SCHEMA_MISSING;
 	namespace = get_namespace_oid("aggr", true);
 	if (!OidIsValid(namespace) || !OidIsValid(get_relname_relid("expiry", namespace)))
 		return SCHEMA_OLD;
-	role = AggrCitusRoleNow();
-	if (role.worker)
+	if (AggrCitusRoleNow().worker)
 		return SCHEMA_CITUS_WORKER;
-	if (role.distributed)
-		return SCHEMA_DISTRIBUTED;
 	return SCHEMA_READY;
 }
 
@@ -142,9 +137,7 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 			ereport(LOG,
 					(errmsg(schema == SCHEMA_MISSING ?
 							"aggr expiry: extension aggr is not installed in database \"%s\"; waiting" :
-							schema == SCHEMA_OLD ?
-							"aggr expiry: extension aggr in database \"%s\" is older than 0.4; waiting" :
-							"aggr expiry: aggr.events in database \"%s\" is distributed by Citus, which retention does not support yet; events are kept",
+							"aggr expiry: extension aggr in database \"%s\" is older than 0.4; waiting",
 							aggr_database),
 					 schema == SCHEMA_OLD ? errhint("Run ALTER EXTENSION aggr UPDATE there.") : 0));
 		logged = schema;

@@ -2,9 +2,23 @@
  * aggr--0.4--0.5.sql: from 0.4 to 0.5.
  * - aggr_distribute() distributes aggr.events with Citus (README, "Citus"),
  *   granted to nobody (see 0.2--0.3).
+ * - aggr.expiry_restart(), the TRUNCATE trigger's function, does nothing on
+ *   a Citus shard's copy of the trigger.
  */
 
 \echo Use "ALTER EXTENSION aggr UPDATE TO '0.5'" to load this file. \quit
+
+/* the shards' copies of the TRUNCATE trigger (Citus) do nothing: see aggr.sql */
+CREATE OR REPLACE FUNCTION aggr.expiry_restart() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'events' THEN
+        UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 /*
  * Citus (README, "Citus"; extension/citus.h): distributes aggr.events over
@@ -14,13 +28,17 @@
  * upserted there in the batch's statement, locally.  Once only: Citus cannot
  * alter or undistribute a table an extension owns, so the shard count is
  * fixed from here on (default: two per worker node; measured in README, fewer
- * shards cost the coordinator less per batch).  The TRUNCATE trigger goes (Citus distributes no table
- * with triggers); expiry's restart check covers what it did.  Not SECURITY
- * DEFINER: the caller must own the table, as create_distributed_table wants.
+ * shards cost the coordinator less per batch).  The TRUNCATE trigger stays
+ * (citus.enable_unsafe_triggers: otherwise Citus distributes no table with
+ * triggers): a TRUNCATE on the coordinator resets its aggr.expiry, and the
+ * shards' copies of the trigger reset the workers' unused ones.  Not
+ * SECURITY DEFINER: the caller must own the table, as
+ * create_distributed_table wants.
  */
 CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+    SET citus.enable_unsafe_triggers = on
 AS $$
 DECLARE
     shards integer := aggr_distribute.shard_count;
@@ -54,7 +72,6 @@ BEGIN
     END IF;
     -- the default: two shards per worker node, room to double the cluster by moving shards
     shards := coalesce(shards, 2 * (SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0));
-    DROP TRIGGER events_truncated ON aggr.events;
     PERFORM create_distributed_table('aggr.events', 'event_id', shard_count => shards,
                                      colocate_with => 'none');
     PERFORM truncate_local_data_after_distributing_table('aggr.events');

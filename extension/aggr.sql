@@ -74,13 +74,18 @@ COMMENT ON TABLE aggr.expiry IS 'aggr: how far expiry (aggr.retention) and forge
 /*
  * An emptied aggr.events has nothing expired: the marks go back to 0 in the
  * TRUNCATE's own transaction (with RESTART IDENTITY, marks left above the new
- * seqs would hide new events from readers until the next expiry).
+ * seqs would hide new events from readers until the next expiry).  On Citus
+ * the shards of a distributed aggr.events carry copies of the trigger; those
+ * do nothing (several shards of a worker, truncated over several connections
+ * of one distributed transaction, would wait on each other for the row).
  */
 CREATE FUNCTION aggr.expiry_restart() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0;
+    IF TG_TABLE_NAME = 'events' THEN
+        UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0;
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -325,13 +330,17 @@ COMMENT ON FUNCTION aggr_health() IS
  * upserted there in the batch's statement, locally.  Once only: Citus cannot
  * alter or undistribute a table an extension owns, so the shard count is
  * fixed from here on (default: two per worker node; measured in README, fewer
- * shards cost the coordinator less per batch).  The TRUNCATE trigger goes (Citus distributes no table
- * with triggers); expiry's restart check covers what it did.  Not SECURITY
- * DEFINER: the caller must own the table, as create_distributed_table wants.
+ * shards cost the coordinator less per batch).  The TRUNCATE trigger stays
+ * (citus.enable_unsafe_triggers: otherwise Citus distributes no table with
+ * triggers): a TRUNCATE on the coordinator resets its aggr.expiry, and the
+ * shards' copies of the trigger reset the workers' unused ones.  Not
+ * SECURITY DEFINER: the caller must own the table, as
+ * create_distributed_table wants.
  */
 CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp SET client_min_messages = warning
+    SET citus.enable_unsafe_triggers = on
 AS $$
 DECLARE
     shards integer := aggr_distribute.shard_count;
@@ -365,7 +374,6 @@ BEGIN
     END IF;
     -- the default: two shards per worker node, room to double the cluster by moving shards
     shards := coalesce(shards, 2 * (SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0));
-    DROP TRIGGER events_truncated ON aggr.events;
     PERFORM create_distributed_table('aggr.events', 'event_id', shard_count => shards,
                                      colocate_with => 'none');
     PERFORM truncate_local_data_after_distributing_table('aggr.events');

@@ -45,7 +45,7 @@ PG_FUNCTION_INFO_V1(aggr_expire);
  */
 #define WALK_DOOMED \
 "), doomed AS (" \
-"  SELECT row_id, seq FROM todo" \
+"  SELECT %2$s FROM todo" \
 "  WHERE seq < coalesce((SELECT pg_catalog.min(seq) FROM todo WHERE NOT old)," \
 "                       9223372036854775807)"
 #define WALK_ANSWER \
@@ -60,18 +60,39 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 "  coalesce((SELECT pg_catalog.count(*) = $4 AND pg_catalog.bool_and(old) FROM todo), false)"
 
 /*
+ * How the walks name a row (%1$s in todo, %2$s in doomed) and find it again
+ * (%3$s): by its TID, or, in a distributed aggr.events (citus.h), where a
+ * TID is only a shard's, by its key.
+ */
+typedef struct RowNaming
+{
+	const char *columns;
+	const char *doomed_columns;
+	const char *match;
+} RowNaming;
+
+static const RowNaming by_tid = {
+	"e.ctid AS row_id", "row_id, seq",
+	"e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+};
+static const RowNaming by_key = {
+	"e.topic AS row_topic, e.event_id AS row_event_id", "row_topic, row_event_id, seq",
+	"(e.topic, e.event_id) IN (SELECT row_topic, row_event_id FROM doomed)"
+};
+
+/*
  * Expiry: the live events after expired_upto ($2) up to the watermark ($3),
  * old when ingested before $1; the doomed ones are made tombstones at $5 or
- * deleted (%s), and counted on shard -1.
+ * deleted (%3$s: make_tombstones or delete_events), and counted on shard -1.
  */
 static const char *const expire_sql_template =
 "WITH todo AS ("
-"  SELECT e.ctid AS row_id, e.seq, e.ingested_at < $1 AS old FROM aggr.events e"
+"  SELECT %1$s, e.seq, e.ingested_at < $1 AS old FROM aggr.events e"
 "  WHERE e.seq > $2 AND e.seq <= $3 AND e.expired_at IS NULL"
 "  ORDER BY e.seq LIMIT $4"
 WALK_DOOMED
 "), changed AS ("
-"  %s"
+"  %3$s"
 "  RETURNING e.topic, e.seq"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c (topic, shard, expired)"
@@ -82,24 +103,22 @@ WALK_ANSWER;
 
 static const char *const make_tombstones =
 "UPDATE aggr.events e SET payload = '{}', expired_at = $5"
-"  WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
-"    AND e.expired_at IS NULL AND e.ingested_at < $1";
+"  WHERE %s AND e.expired_at IS NULL AND e.ingested_at < $1";
 static const char *const delete_events =
-"DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
-"  AND e.expired_at IS NULL AND e.ingested_at < $1";
+"DELETE FROM aggr.events e WHERE %s AND e.expired_at IS NULL AND e.ingested_at < $1";
 
 /*
  * Forgetting: the tombstones after forgotten_upto ($2) up to expired_upto
  * ($3), old when expired before $1; the doomed ones are deleted.
  */
-static const char *const forget_sql =
+static const char *const forget_sql_template =
 "WITH todo AS ("
-"  SELECT e.ctid AS row_id, e.seq, e.expired_at < $1 AS old FROM aggr.events e"
+"  SELECT %1$s, e.seq, e.expired_at < $1 AS old FROM aggr.events e"
 "  WHERE e.seq > $2 AND e.seq <= $3 AND e.expired_at IS NOT NULL"
 "  ORDER BY e.seq LIMIT $4"
 WALK_DOOMED
 "), changed AS ("
-"  DELETE FROM aggr.events e WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM doomed))"
+"  DELETE FROM aggr.events e WHERE %3$s"
 "    AND e.expired_at IS NOT NULL AND e.expired_at < $1"
 "  RETURNING e.topic, e.seq"
 WALK_ANSWER;
@@ -121,9 +140,10 @@ static const char *const due_sql =
 "                 WHERE e.seq > $5 AND e.seq <= $3 AND e.expired_at IS NOT NULL"
 "                 ORDER BY e.seq LIMIT 1), false)";
 
-static SPIPlanPtr tombstone_plan = NULL;
-static SPIPlanPtr delete_plan = NULL;
-static SPIPlanPtr forget_plan = NULL;
+/* the walks' plans, [1]: for a distributed aggr.events */
+static SPIPlanPtr tombstone_plan[2];
+static SPIPlanPtr delete_plan[2];
+static SPIPlanPtr forget_plan[2];
 static SPIPlanPtr due_plan = NULL;
 static SPIPlanPtr marks_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
@@ -218,6 +238,8 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	bool		isnull;
 	Datum		values[5];
 	int			gucs;
+	bool		distributed = AggrCitusRoleNow().distributed;
+	const RowNaming *rows = distributed ? &by_key : &by_tid;
 
 	memset(result, 0, sizeof(*result));
 	if (expire_limit <= 0)
@@ -289,12 +311,14 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	values[4] = TimestampTzGetDatum(now);
 	if (expire_before != DT_NOBEGIN)
 	{
-		SPIPlanPtr *plan = forget_at_once ? &delete_plan : &tombstone_plan;
+		SPIPlanPtr *plan = forget_at_once ? &delete_plan[distributed] : &tombstone_plan[distributed];
 		int64		before = expired_upto;
 
 		if (*plan == NULL)
-			(void) AggrPreparedPlanWith(plan, psprintf(expire_sql_template,
-													   forget_at_once ? delete_events : make_tombstones),
+			(void) AggrPreparedPlanWith(plan,
+										psprintf(expire_sql_template, rows->columns, rows->doomed_columns,
+												 psprintf(forget_at_once ? delete_events : make_tombstones,
+														  rows->match)),
 										5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
 		values[0] = TimestampTzGetDatum(expire_before);
 		values[1] = Int64GetDatum(expired_upto);
@@ -309,9 +333,13 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		values[1] = Int64GetDatum(forgotten_upto);
 		values[2] = Int64GetDatum(expired_upto);
 		values[3] = Int32GetDatum(AGGR_EXPIRE_BATCH);
-		result->forgotten = Walk(AggrPreparedPlanWith(&forget_plan, forget_sql, 5, walk_types,
-													  CURSOR_OPT_CUSTOM_PLAN),
-								 values, &forgotten_upto, &result->more_to_forget);
+		if (forget_plan[distributed] == NULL)
+			(void) AggrPreparedPlanWith(&forget_plan[distributed],
+										psprintf(forget_sql_template, rows->columns,
+												 rows->doomed_columns, rows->match),
+										5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
+		result->forgotten = Walk(forget_plan[distributed], values, &forgotten_upto,
+								 &result->more_to_forget);
 	}
 
 	if (expired_upto != was_expired_upto || forgotten_upto != was_forgotten_upto)
@@ -368,11 +396,6 @@ aggr_expire(PG_FUNCTION_ARGS)
 				errdetail("A snapshot that outlives a statement may miss events committed since, and expiry would pass them for good."),
 				errhint("Run it in a READ COMMITTED transaction (the default)."));
 	AggrRequireNotCitusWorker("aggr expires events");
-	if (AggrCitusRoleNow().distributed)
-		ereport(ERROR,
-				errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				errmsg("aggr_expire does not support a distributed aggr.events yet"),
-				errdetail("aggr_distribute() distributed aggr.events with Citus; its events are kept."));
 
 	if (!PG_ARGISNULL(0))
 	{

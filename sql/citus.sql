@@ -8,7 +8,7 @@ SELECT aggr_distribute(0);
 SELECT aggr_distribute(1025);
 \set VERBOSITY default
 SELECT aggr_distribute();
--- (on a distributed aggr.events, Citus's own trigger replaces it)
+-- (kept on a distributed aggr.events too, beside Citus's own)
 SELECT count(*) FILTER (WHERE tgname = 'events_truncated') AS expiry_restart_trigger
 FROM pg_trigger WHERE tgrelid = 'aggr.events'::regclass;
 -- ingest does not need Citus either way

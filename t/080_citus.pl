@@ -14,6 +14,9 @@
 #   - broker mode: the sidecar queues, consumers on the coordinator drain into
 #     the distributed table, exact; the preloaded worker's consumers took
 #     nothing (they stopped, saying why);
+#   - retention: the coordinator's expiry worker expires the distributed
+#     events, keys remembered within the dedup window, forgotten after it,
+#     aggr_expire() by hand, counters exact;
 #   - DROP EXTENSION aggr on the coordinator;
 #   - aggr's pg_regress and isolation suites on the coordinator, each test's
 #     aggr.events distributed (expected/*_1.out where Citus's plans differ).
@@ -29,7 +32,7 @@ use POSIX qw(:sys_wait_h);
 use File::Basename qw(dirname);
 use lib 't';
 use AggrTest qw(start_redis stop_redis redis_cmd demo_events event_batches
-  check_invariants wait_for stats wait_drained spawn check_ledger);
+  check_invariants wait_for stats poll_stats_until wait_drained spawn check_ledger);
 use SidecarTest qw(start_sidecar stop_sidecar http);
 
 my $publisher = $ENV{AGGR_PUBLISHER} // 'publisher/aggr-publisher';
@@ -126,8 +129,6 @@ like(sql_error($w2, q{SELECT aggr_publish('{"topic": "w", "event_id": "1", "time
     qr/^0A000 aggr ingests only on the Citus coordinator/,
     'aggr_publish on a worker node with aggr.broker_url set: 0A000');
 is(redis_cmd($redis, 'LLEN', 'aggregator:events'), 0, 'and nothing was queued');
-like(sql_error($coord, 'SELECT aggr_expire()'), qr/^0A000 aggr_expire does not support a distributed aggr.events/,
-    'aggr_expire() on a distributed aggr.events: 0A000');
 check_invariants($coord, 'after the refused calls', received => 20000, unique => 13000);
 
 # concurrent ingests of the same new keys, from two sessions: stored once
@@ -214,6 +215,28 @@ ok($w2_log =~ /aggr expiry: this server is a Citus worker node/, 'and so did its
 is($w2->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'aggr%'}),
     0, 'no aggr background worker runs on the worker node');
 
+# --- retention on the distributed table: the expiry worker on the coordinator ---
+$before = stats($coord);
+$coord->safe_psql('postgres', "ALTER SYSTEM SET aggr.retention = '1s'; SELECT pg_reload_conf()");
+my $all_expired = poll_stats_until($coord, sub { $_[0]{expired} == $_[0]{unique_processed} }, 120);
+is($all_expired->{expired}, $before->{unique_processed}, "every event expired: $all_expired->{expired}");
+check_invariants($coord, 'after expiry', received => $before->{received}, expired => $before->{unique_processed});
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM aggr_events()'), 0, 'aggr_events returns no expired event');
+# the demo's first batch again: its keys are remembered (aggr.dedup_window forever)
+my ($first) = event_batches(500, @events);
+is(decode_json($coord->safe_psql('postgres', "SELECT aggr_ingest(\$j\$$first\$j\$)"))->{unique}, 0,
+    'expired events re-sent within the dedup window: duplicates');
+$coord->safe_psql('postgres', "ALTER SYSTEM SET aggr.dedup_window = 0; SELECT pg_reload_conf()");
+ok(wait_for(sub { $coord->safe_psql('postgres', 'SELECT count(*) FROM aggr.events') == 0 }, 120),
+    'aggr.dedup_window = 0: every tombstone deleted');
+$coord->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.retention; SELECT pg_reload_conf()');
+my $resent = decode_json($coord->safe_psql('postgres', "SELECT aggr_ingest(\$j\$$first\$j\$)"));
+ok($resent->{unique} > 0, "re-sent after the window: stored as new ($resent->{unique})");
+is($coord->safe_psql('postgres', "SELECT aggr_expire('0 s')"), $resent->{unique},
+    'aggr_expire() by hand on the distributed table');
+check_invariants($coord, 'after forgetting and aggr_expire()');
+$coord->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.dedup_window; SELECT pg_reload_conf()');
+
 # --- dropping the extension ---
 $coord->safe_psql('postgres', 'DROP EXTENSION aggr');
 is($coord->safe_psql('postgres', "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'aggr.%'"),
@@ -225,9 +248,9 @@ is($w1->safe_psql('postgres', "SELECT count(*) FROM pg_extension WHERE extname =
 # An event trigger distributes aggr.events when a test runs CREATE EXTENSION
 # aggr (sequential mode: Citus runs no extension command after a parallel
 # operation in one transaction), and isolationtester learns of waits on the
-# workers from Citus's own function.  Not run here: expire and expire_race
-# (retention is not supported on a distributed aggr.events) and upgrade
-# (distributing changes what it compares).
+# workers from Citus's own function.  Not run here: upgrade (it installs 0.1,
+# which has no aggr_distribute(), and compares the update with a fresh
+# install, which the trigger would distribute).
 $coord->append_conf('postgresql.conf', "aggr.broker_url = ''\n");
 $coord->restart;
 $coord->safe_psql('postgres', q{
@@ -251,8 +274,9 @@ $coord->safe_psql('postgres', q{
 my $regress_dir = PostgreSQL::Test::Utils::tempdir('citus_regress');
 # (both in database postgres: the specs first, since they leave nothing behind)
 for my $suite (
-    [ dirname($ENV{PG_REGRESS}) . '/../isolation/pg_isolation_regress', qw(ingest_race stats_race gapless_paging) ],
-    [ $ENV{PG_REGRESS}, qw(validate ingest ndjson query stats citus privileges) ])
+    [ dirname($ENV{PG_REGRESS}) . '/../isolation/pg_isolation_regress',
+        qw(ingest_race stats_race gapless_paging expire_race) ],
+    [ $ENV{PG_REGRESS}, qw(validate ingest ndjson query stats expire citus privileges) ])
 {
     my ($program, @tests) = @$suite;
     $coord->safe_psql('postgres', 'UPDATE public.aggr_test_distributions SET n = 0');
