@@ -30,10 +30,9 @@ $$;
  * fixed from here on (default: two per worker node; measured in README, fewer
  * shards cost the coordinator less per batch).  The TRUNCATE trigger stays
  * (citus.enable_unsafe_triggers: otherwise Citus distributes no table with
- * triggers): a TRUNCATE on the coordinator resets its aggr.expiry, and the
- * shards' copies of the trigger reset the workers' unused ones.  Not
- * SECURITY DEFINER: the caller must own the table, as
- * create_distributed_table wants.
+ * triggers): a TRUNCATE on the coordinator resets its aggr.expiry; the
+ * shards' copies of the trigger do nothing.  Not SECURITY DEFINER: the
+ * caller must own the table, as create_distributed_table wants.
  */
 CREATE FUNCTION aggr_distribute(shard_count integer DEFAULT NULL) RETURNS void
     LANGUAGE plpgsql VOLATILE

@@ -122,11 +122,14 @@ scenario('redis-kill', 20, sub { stop_redis($redis, 'KILL'); start_redis($redis)
 scenario('pg-immediate', 30, sub { $node->stop('immediate'); $node->start });
 scenario('reply-lost', 10, sub { cut_proxy($proxy) });
 # a consumer exits right after a COMMIT, before its acknowledgement: the
-# batch comes back and must be recognised by its token, not counted again
+# batch comes back and must be recognised by its token, not counted again.
+# The crash point is set before the stream starts (set after, a short stream
+# could be drained before the consumers read the new setting), and reset
+# once a consumer has exited there.
+my $crash_offset = -s $node->logfile;
+$node->safe_psql('postgres', "ALTER SYSTEM SET aggr.test_crash_point = 'after_commit'; SELECT pg_reload_conf()");
 scenario('after-commit', 10, sub {
-    my $offset = -s $node->logfile;
-    $node->safe_psql('postgres', "ALTER SYSTEM SET aggr.test_crash_point = 'after_commit'; SELECT pg_reload_conf()");
-    ok(wait_for(sub { slurp_file($node->logfile, $offset) =~ /exiting at test crash point/ }, 30),
+    ok(wait_for(sub { slurp_file($node->logfile, $crash_offset) =~ /exiting at test crash point/ }, 30),
         'after-commit: a consumer exited between COMMIT and acknowledgement');
     $node->safe_psql('postgres', 'ALTER SYSTEM RESET aggr.test_crash_point; SELECT pg_reload_conf()');
 });
