@@ -96,7 +96,15 @@ RunBatch(AggrExpiryResult *result)
 {
 	Schema		schema;
 
+	/*
+	 * A transaction block, as BEGIN opens: on a distributed aggr.events
+	 * Citus sends the batch's SET LOCAL (its lock_timeout) to the nodes only
+	 * inside one (expire.c, PropagateToShards).
+	 */
 	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	BeginTransactionBlock();
+	CommitTransactionCommand();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	schema = CurrentSchema();
@@ -106,6 +114,7 @@ RunBatch(AggrExpiryResult *result)
 		AggrExpireBatch(AggrRetentionCutoff(GetCurrentTimestamp()), AGGR_EXPIRE_BATCH, false, result);
 	}
 	PopActiveSnapshot();
+	(void) EndTransactionBlock(false);
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return schema;
@@ -159,7 +168,7 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 			*failed = true;
 		}
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();	/* the block too */
 		pgstat_report_activity(STATE_IDLE, NULL);
 		memset(result, 0, sizeof(*result));
 	}

@@ -209,6 +209,26 @@ PlanLikeABatch(void)
 	return level;
 }
 
+/*
+ * The expiry worker's batch on a distributed aggr.events: the nodes get its
+ * lock_timeout too, as a SET LOCAL that Citus sends them (in a transaction
+ * block, which the worker opens).  Otherwise a row locked on a shard would
+ * hold the batch, and aggr.expiry's row with it, as long as the lock.
+ */
+static void
+PropagateToShards(void)
+{
+	const char *const sets[] = {
+		"SET LOCAL citus.propagate_set_commands = 'local'",
+		psprintf("SET LOCAL lock_timeout = %s",
+				 quote_literal_cstr(GetConfigOption("lock_timeout", false, false))),
+	};
+
+	for (int i = 0; i < lengthof(sets); i++)
+		if (SPI_execute(sets[i], false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "aggr expiry: could not run %s", sets[i]);
+}
+
 static void
 MissingRow(void)
 {
@@ -248,6 +268,8 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		forget_before = now - (TimestampTz) aggr_dedup_window * USECS_PER_SEC;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	if (distributed && !wait)
+		PropagateToShards();
 	gucs = PlanLikeABatch();
 
 	if (SPI_execute_plan(AggrPreparedPlan(&marks_plan, "SELECT expired_upto, forgotten_upto "

@@ -218,7 +218,8 @@ is($w2->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE back
 # --- retention on the distributed table: the expiry worker on the coordinator ---
 $before = stats($coord);
 # the oldest event locked on its shard for a few seconds: the worker's batch
-# waits there (its lock_timeout stays on the coordinator, README), then goes on
+# meets the lock there and gives up after its lock_timeout (1 s), sent to the
+# node with the batch, instead of waiting out the lock with aggr.expiry held
 my ($old_topic, $old_id) = split /\|/,
   $coord->safe_psql('postgres', 'SELECT topic, event_id FROM aggr.events ORDER BY seq LIMIT 1');
 my $locker = spawn("$dir/locker.log", 'psql', '-X', '-d', $coord->connstr('postgres'), '-c',
@@ -228,8 +229,19 @@ wait_for(sub { -s "$dir/locker.log" || $coord->safe_psql('postgres',
     q{SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FOR UPDATE%pg_sleep%' AND wait_event = 'PgSleep'}) > 0 }, 30)
   or die 'the locker did not start';
 $coord->safe_psql('postgres', "ALTER SYSTEM SET aggr.retention = '1s'; SELECT pg_reload_conf()");
-waitpid($locker, 0);
+# the expiry worker's transactions while the lock is held: one that waited
+# the lock out would be a single one
+my %batches;
+while (waitpid($locker, WNOHANG) == 0)
+{
+    my $xact = $coord->safe_psql('postgres',
+        q{SELECT xact_start FROM pg_stat_activity WHERE backend_type = 'aggr expiry' AND xact_start IS NOT NULL});
+    $batches{$xact} = 1 if $xact ne '';
+    usleep(100_000);
+}
 is($?, 0, 'a session held the oldest event locked on its shard for 4 s meanwhile');
+cmp_ok(scalar(keys %batches), '>=', 2,
+    'the expiry worker\'s batches gave up on the locked row after their lock_timeout, sent to the node');
 my $all_expired = poll_stats_until($coord, sub { $_[0]{expired} == $_[0]{unique_processed} }, 120);
 is($all_expired->{expired}, $before->{unique_processed}, "every event expired: $all_expired->{expired}");
 check_invariants($coord, 'after expiry', received => $before->{received}, expired => $before->{unique_processed});
