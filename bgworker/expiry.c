@@ -97,9 +97,9 @@ RunBatch(AggrExpiryResult *result)
 	Schema		schema;
 
 	/*
-	 * A transaction block, as BEGIN opens: on a distributed aggr.events
-	 * Citus sends the batch's SET LOCAL (its lock_timeout) to the nodes only
-	 * inside one (expire.c, PropagateToShards).
+	 * A transaction block, as BEGIN opens: on a distributed aggr.events Citus
+	 * sends the batch's SET LOCAL (its lock_timeout) to the nodes only inside
+	 * one (expire.c, PropagateToShards).
 	 */
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -168,7 +168,7 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 			*failed = true;
 		}
 		FlushErrorState();
-		AbortOutOfAnyTransaction();	/* the block too */
+		AbortOutOfAnyTransaction(); /* the block too */
 		pgstat_report_activity(STATE_IDLE, NULL);
 		memset(result, 0, sizeof(*result));
 	}
