@@ -10,6 +10,8 @@
 
 #include "postgres.h"
 
+#include "storage/proc.h"
+
 /*
  * Upper bound of aggr.max_request_events: whatever a session was allowed to
  * publish gets ingested.
@@ -36,5 +38,19 @@ extern int	aggr_dedup_window;	/* s, AGGR_DEDUP_FOREVER: remember forever */
 extern bool AggrBrokerConfigured(void);
 extern bool AggrBrokerWantedWithoutPreload(void);
 extern void AggrRequirePreload(const char *what);
+
+/*
+ * This backend's local transaction id: what a once-per-transaction cache is
+ * keyed by (watermark.c, citus.c).
+ */
+static inline LocalTransactionId
+AggrLocalTransactionId(void)
+{
+#if PG_VERSION_NUM >= 170000
+	return MyProc->vxid.lxid;
+#else
+	return MyProc->lxid;
+#endif
+}
 
 #endif							/* AGGR_H */

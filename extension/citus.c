@@ -4,6 +4,7 @@
  */
 #include "postgres.h"
 
+#include "aggr.h"
 #include "citus.h"
 
 #include "access/xact.h"
@@ -17,16 +18,6 @@
 /* the answer for one local transaction: ingest asks once per batch */
 static AggrCitusRole role_cached;
 static LocalTransactionId role_cached_in = InvalidLocalTransactionId;
-
-static LocalTransactionId
-CurrentLocalTransactionId(void)
-{
-#if PG_VERSION_NUM >= 170000
-	return MyProc->vxid.lxid;
-#else
-	return MyProc->lxid;
-#endif
-}
 
 /*
  * A coordinator, and a node not yet added to a cluster, are group 0
@@ -43,7 +34,7 @@ AggrCitusRoleNow(void)
 	AggrCitusRole role = {false, false};
 	bool		isnull;
 
-	if (role_cached_in == CurrentLocalTransactionId())
+	if (role_cached_in == AggrLocalTransactionId())
 		return role_cached;
 	Assert(IsTransactionState());
 	if (OidIsValid(get_extension_oid("citus", true)))
@@ -68,7 +59,7 @@ AggrCitusRoleNow(void)
 		SPI_finish();
 	}
 	role_cached = role;
-	role_cached_in = CurrentLocalTransactionId();
+	role_cached_in = AggrLocalTransactionId();
 	return role;
 }
 

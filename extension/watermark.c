@@ -35,16 +35,6 @@ PG_FUNCTION_INFO_V1(aggr_events_watermark);
 /* the local transaction that holds its watermark lock already */
 static LocalTransactionId held_in = InvalidLocalTransactionId;
 
-static LocalTransactionId
-MyLocalTransactionId(void)
-{
-#if PG_VERSION_NUM >= 170000
-	return MyProc->vxid.lxid;
-#else
-	return MyProc->lxid;
-#endif
-}
-
 /* the last value aggr.events' seq handed out, 0 before the first */
 int64
 AggrEventsLastSeq(void)
@@ -82,13 +72,13 @@ AggrHoldWatermark(void)
 	ResourceOwner owner = CurrentResourceOwner;
 	LOCKTAG		tag;
 
-	if (held_in == MyLocalTransactionId())
+	if (held_in == AggrLocalTransactionId())
 		return;
 	SetWatermarkTag(&tag, AggrEventsLastSeq());
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	(void) LockAcquire(&tag, AGGR_WATERMARK_LOCKMODE, false, false);
 	CurrentResourceOwner = owner;
-	held_in = MyLocalTransactionId();
+	held_in = AggrLocalTransactionId();
 }
 
 /*
