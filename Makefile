@@ -14,6 +14,7 @@ OBJS = \
 	extension/watermark.o \
 	extension/expire.o \
 	extension/citus.o \
+	extension/bulk.o \
 	bgworker/slots.o \
 	bgworker/consumer.o \
 	bgworker/expiry.o
@@ -23,14 +24,15 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" aggr.control)
 DATA_built = extension/aggr--$(EXTVERSION).sql
 DATA = extension/aggr--0.1.sql extension/aggr--0.1--0.2.sql extension/aggr--0.2.sql \
 	extension/aggr--0.2--0.3.sql extension/aggr--0.3.sql extension/aggr--0.3--0.4.sql \
-	extension/aggr--0.4.sql extension/aggr--0.4--0.5.sql
+	extension/aggr--0.4.sql extension/aggr--0.4--0.5.sql extension/aggr--0.5.sql \
+	extension/aggr--0.5--0.6.sql
 PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 
 # pg_regress and the isolation specs pass against any running server, aggr
 # preloaded or not (make installcheck); what needs the preload or a broker is
 # TAP (t/), where each test starts its own servers.
-REGRESS = validate ingest ndjson query stats expire citus privileges upgrade
-ISOLATION = ingest_race stats_race gapless_paging expire_race
+REGRESS = validate ingest bulk ndjson query stats expire citus privileges upgrade
+ISOLATION = ingest_race bulk_race stats_race gapless_paging expire_race
 TAP_TESTS = 1
 
 # Our code is warning-free; PostgreSQL's headers trip -Wextra's noisier checks.

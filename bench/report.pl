@@ -10,7 +10,8 @@ GetOptions('dat=s' => \$dat) or die "usage: report.pl [--dat FILE] results.csv\n
 my @rows = map { chomp; [ split /,/, $_, -1 ] } <>;
 shift @rows;
 my %what = (
-    raw     => 'raw SQL ceiling (INSERT ... SELECT jsonb_to_recordset ON CONFLICT DO NOTHING)',
+    raw     => 'raw SQL ceiling: INSERT ... SELECT jsonb_to_recordset ON CONFLICT DO NOTHING, by hand, into a table with only the primary key',
+    raw_same_indexes => 'the same into a copy of aggr.events (same indexes)',
     ingest  => 'SELECT aggr_ingest(batch)',
     http    => 'HTTP POST /publish, direct mode',
     http_ndjson_gzip => 'HTTP POST /publish, direct mode, gzip NDJSON bodies',

@@ -3,9 +3,12 @@
 # ceiling, measured in the same run on the same throwaway servers.
 #
 #   raw      plain INSERT ... SELECT ... FROM jsonb_to_recordset(batch::jsonb) ORDER BY
-#            key ON CONFLICT DO NOTHING into a copy of aggr.events (same
-#            indexes), 2 pgbench clients, batches of 500 (key order: unordered
-#            batches deadlock and would make the ceiling look lower)
+#            key ON CONFLICT DO NOTHING, what a user would write by hand, into
+#            a table with aggr.events' columns and only its primary key, 2
+#            pgbench clients, batches of 500 (key order: unordered batches
+#            deadlock and would make the ceiling look lower); every ratio
+#            is to this
+#   raw_same_indexes  the same into a copy of aggr.events (same indexes)
 #   ingest   SELECT aggr_ingest(batch::jsonb), same batches, same clients
 #   http     aggr-publisher -> aggr-sidecar POST /publish, direct mode
 #   http_ndjson_gzip  the same with gzip-compressed NDJSON bodies, as log
@@ -94,12 +97,12 @@ SQL
 }
 
 # events/s of one pgbench run of a workload file over every batch, by 2
-# clients (or $3)
+# clients (or $3); raw.sql writes raw_pk_events (or $4)
 pgbench_rate() {
-    local file=$1 n=$2 batches=$(( ($2 + 499) / 500 )) clients=${3:-2}
-    sql -c "TRUNCATE aggr.events, aggr.counters; TRUNCATE raw_events; CHECKPOINT" >/dev/null
+    local file=$1 n=$2 batches=$(( ($2 + 499) / 500 )) clients=${3:-2} table=${4:-raw_pk_events}
+    sql -c "TRUNCATE aggr.events, aggr.counters; TRUNCATE raw_events, raw_pk_events; CHECKPOINT" >/dev/null
     pgbench -n -h "$AGGR_PGHOST" -p "$AGGR_PGPORT" -U postgres -c "$clients" -j "$clients" -t $(( batches / clients )) \
-        -D k=0 -f "$file" postgres 2>&1 |
+        -D k=0 -D table="$table" -f "$file" postgres 2>&1 |
         awk -v ev="$n" -v b="$batches" '/^tps/ { printf "%.0f\n", $3 * ev / b }'
 }
 
@@ -109,28 +112,33 @@ record() {   # workload events rate p50 p99 rss
     local ratio
     ratio=$(awk -v r="$3" -v c="$raw" 'BEGIN { printf "%.2f", r / c }')
     echo "$1,$2,$3,$ratio,$4,$5,$6" >> "$csv"
-    printf '%-8s %9s events  %9s ev/s  %5s x raw\n' "$1" "$2" "$3" "$ratio"
+    printf '%-16s %9s events  %9s ev/s  %5s x raw\n' "$1" "$2" "$3" "$ratio"
 }
 
 json_field() { perl -MJSON::PP -e 'my $j = decode_json(join("", <STDIN>)); my $v = $j; $v = $v->{$_} for split /\./, $ARGV[0]; print $v // ""' "$1"; }
 
 peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-sql -c "CREATE EXTENSION aggr; CREATE TABLE raw_events (LIKE aggr.events INCLUDING ALL)" >/dev/null
+# the ceilings: what a user would write by hand into a table with only the
+# key, and into a copy of aggr.events with all its indexes
+sql -c "CREATE EXTENSION aggr; CREATE TABLE raw_events (LIKE aggr.events INCLUDING ALL);
+        CREATE TABLE raw_pk_events (LIKE aggr.events INCLUDING DEFAULTS INCLUDING IDENTITY,
+                                    PRIMARY KEY (topic, event_id))" >/dev/null
 if phase sql; then
 echo "=== SQL: raw ceiling and aggr_ingest (2 clients, batches of 500, 35 % duplicates)"
 for n in $sizes; do
     make_batches "$n"
-    raws=() ingests=()
+    raws=() raws_indexed=() ingests=()
     for rep in 1 2 3; do
         raws+=("$(pgbench_rate "$src/bench/raw.sql" "$n")")
+        raws_indexed+=("$(pgbench_rate "$src/bench/raw.sql" "$n" 2 raw_events)")
         ingests+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
     done
     raw=$(printf '%s\n' "${raws[@]}" | median)
-    ingest=$(printf '%s\n' "${ingests[@]}" | median)
     declare "raw_$n=$raw"
     record raw "$n" "$raw" "" "" ""
-    record ingest "$n" "$ingest" "" "" ""
+    record raw_same_indexes "$n" "$(printf '%s\n' "${raws_indexed[@]}" | median)" "" "" ""
+    record ingest "$n" "$(printf '%s\n' "${ingests[@]}" | median)" "" "" ""
 done
 fi
 

@@ -56,6 +56,8 @@ char	   *aggr_database = NULL;
 int			aggr_test_crash_point = 0;
 int			aggr_test_backoff = 0;
 bool		aggr_notify = true;
+bool		aggr_bulk_ingest = true;
+int			aggr_test_bulk_pause = 0;
 int			aggr_retention = 0;
 int			aggr_dedup_window = AGGR_DEDUP_FOREVER;
 
@@ -108,6 +110,10 @@ DefineSessionSettings(void)
 							 "Notify channel aggr_events at each commit that stored events.",
 							 "NOTIFY serializes the commits of notifying transactions and a transaction that notified cannot PREPARE: turn it off for two-phase commit, or where nobody follows new events.",
 							 &aggr_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("aggr.bulk_ingest",
+							 "Write batches with the bulk path (a multi-insert) where it can be taken.",
+							 "Off: every batch takes the INSERT ... ON CONFLICT statement, counted in aggr_stats()'s bulk_fallback_events.",
+							 &aggr_bulk_ingest, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("aggr.retention",
 							"How long an event is kept after its ingest before it expires (0 = forever).",
 							"The expiry worker (aggr preloaded) or aggr_expire() expires events ingested longer ago; their keys are remembered for aggr.dedup_window more.",
@@ -122,6 +128,10 @@ DefineSessionSettings(void)
 							"Test only: the longest wait of a consumer between retries (0 = 5 s).",
 							NULL, &aggr_test_backoff, 0, 0, 5000,
 							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("aggr.test_bulk_pause",
+							"Test only: the bulk path waits for pg_advisory_lock(this) between its first pre-check and insert (0 = never).",
+							NULL, &aggr_test_bulk_pause, 0, 0, INT_MAX,
+							PGC_USERSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	DefineCustomEnumVariable("aggr.test_crash_point",
 							 "Test only: make a consumer exit at this point of its batch protocol.",
 							 NULL, &aggr_test_crash_point, 0, crash_point_options,

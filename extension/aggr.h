@@ -31,6 +31,8 @@ extern char *aggr_database;
 extern int	aggr_test_crash_point;
 extern int	aggr_test_backoff;
 extern bool aggr_notify;
+extern bool aggr_bulk_ingest;
+extern int	aggr_test_bulk_pause;
 extern int	aggr_retention;		/* s, 0: keep forever */
 extern int	aggr_dedup_window;	/* s, AGGR_DEDUP_FOREVER: remember forever */
 

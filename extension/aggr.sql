@@ -51,9 +51,11 @@ CREATE TABLE aggr.counters (
     unique_processed  bigint   NOT NULL DEFAULT 0,
     duplicate_dropped bigint   NOT NULL DEFAULT 0,
     expired           bigint   NOT NULL DEFAULT 0,
+    bulk_fallback     bigint   NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, shard)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE aggr.counters IS 'aggr: received, unique, duplicate and expired counts per topic and shard (shard -1: expiry''s)';
+COMMENT ON COLUMN aggr.counters.bulk_fallback IS 'aggr: events received by the INSERT statement instead of the bulk path (extension/bulk.h)';
 
 /*
  * Where expiry and forgetting have got to: every event with seq <=
@@ -259,6 +261,7 @@ BEGIN
                'unique_processed', coalesce(sum(t.unique_processed), 0),
                'duplicate_dropped', coalesce(sum(t.duplicate_dropped), 0),
                'expired', coalesce(sum(t.expired), 0),
+               'bulk_fallback_events', coalesce(sum(t.bulk_fallback), 0),
                'topics', coalesce(jsonb_agg(jsonb_build_object('topic', t.topic,
                                                                'count', t.unique_processed,
                                                                'expired', t.expired)
@@ -267,7 +270,8 @@ BEGIN
       FROM (SELECT c.topic, sum(c.received) AS received,
                    sum(c.unique_processed) AS unique_processed,
                    sum(c.duplicate_dropped) AS duplicate_dropped,
-                   sum(c.expired) AS expired
+                   sum(c.expired) AS expired,
+                   sum(c.bulk_fallback) AS bulk_fallback
               FROM aggr.counters c GROUP BY c.topic) t;
     RETURN totals || jsonb_build_object(
         'uptime_seconds', round(extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()), 3),
@@ -279,7 +283,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION aggr_stats() IS
-    'aggr: received, unique_processed, duplicate_dropped, expired, per-topic counts, uptime, workers and queue';
+    'aggr: received, unique_processed, duplicate_dropped, expired, bulk_fallback_events, per-topic counts, uptime, workers and queue';
 
 CREATE FUNCTION aggr_health() RETURNS jsonb
     LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED

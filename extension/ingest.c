@@ -4,18 +4,22 @@
  *		and the SQL entry points aggr_ingest(), aggr_publish() and its text
  *		and NDJSON forms.
  *
- * A batch is written by ONE statement that inserts the events in key order
- * with ON CONFLICT DO NOTHING (the first version of a key wins), counts what
- * was stored from the rows the insert RETURNS, and adds the per-topic counts
- * to this backend's counter shard, all in the caller's transaction.  Inserting
- * in key order and updating counters last, in topic order, keeps two
+ * A batch is written by the bulk path (bulk.h) where it can be taken, else
+ * by ONE statement that inserts the events in key order with ON CONFLICT DO
+ * NOTHING (the first version of a key wins), counts what was stored from
+ * the rows the insert RETURNS, and adds the per-topic counts to this
+ * backend's counter shard, all in the caller's transaction.  Both insert in
+ * key order and update counters last, in topic order, which keeps two
  * overlapping batches from deadlocking; a deadlock that still happens (say,
- * between two multi-batch transactions) is retried in a subtransaction.
+ * between two multi-batch transactions) is retried in a subtransaction, and
+ * so is a bulk batch that met a concurrent writer of one of its keys, by the
+ * statement.
  */
 #include "postgres.h"
 
 #include "aggr.h"
 #include "broker.h"
+#include "bulk.h"
 #include "citus.h"
 #include "ingest.h"
 #include "watermark.h"
@@ -25,6 +29,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #if PG_VERSION_NUM >= 170000
 #include "storage/procnumber.h"
 #define AGGR_MY_BACKEND_NUMBER MyProcNumber
@@ -45,6 +50,9 @@ PG_FUNCTION_INFO_V1(aggr_publish_ndjson);
 /* How often a batch is tried when it loses a deadlock. */
 #define AGGR_INGEST_ATTEMPTS 5
 
+/* How often a batch is tried by the bulk path when it meets a concurrent writer. */
+#define AGGR_BULK_ATTEMPTS 2
+
 static const char *const ingest_sql =
 "WITH batch AS ("
 "  SELECT * FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[],"
@@ -63,13 +71,14 @@ static const char *const ingest_sql =
 "    USING (topic)"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c"
-"      (topic, shard, received, unique_processed, duplicate_dropped)"
-"  SELECT topic, $6, received, stored, received - stored FROM per_topic"
+"      (topic, shard, received, unique_processed, duplicate_dropped, bulk_fallback)"
+"  SELECT topic, $6, received, stored, received - stored, received FROM per_topic"
 "  ORDER BY topic COLLATE \"C\""
 "  ON CONFLICT (topic, shard) DO UPDATE SET"
 "    received = c.received + excluded.received,"
 "    unique_processed = c.unique_processed + excluded.unique_processed,"
-"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped,"
+"    bulk_fallback = c.bulk_fallback + excluded.bulk_fallback"
 ")"
 "SELECT coalesce(pg_catalog.sum(stored), 0)::pg_catalog.int8 FROM per_topic";
 
@@ -123,8 +132,9 @@ static const char *const ingest_distributed_sql =
 "  RETURNING topic"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c"
-"      (topic, shard, received, unique_processed, duplicate_dropped)"
-"  SELECT r.topic, $6, r.received, coalesce(s.stored, 0), r.received - coalesce(s.stored, 0)"
+"      (topic, shard, received, unique_processed, duplicate_dropped, bulk_fallback)"
+"  SELECT r.topic, $6, r.received, coalesce(s.stored, 0), r.received - coalesce(s.stored, 0),"
+"      r.received"
 "  FROM unnest($7::pg_catalog.text[], $8::pg_catalog.int8[]) AS r(topic, received)"
 "  LEFT JOIN (SELECT topic, pg_catalog.count(*) AS stored FROM stored GROUP BY topic) s"
 "    USING (topic)"
@@ -132,7 +142,8 @@ static const char *const ingest_distributed_sql =
 "  ON CONFLICT (topic, shard) DO UPDATE SET"
 "    received = c.received + excluded.received,"
 "    unique_processed = c.unique_processed + excluded.unique_processed,"
-"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped,"
+"    bulk_fallback = c.bulk_fallback + excluded.bulk_fallback"
 ")"
 "SELECT pg_catalog.count(*) FROM stored";
 
@@ -141,13 +152,7 @@ static SPIPlanPtr ingest_distributed_plan = NULL;
 static int
 CompareTopics(const void *a, const void *b)
 {
-	text	   *x = DatumGetTextPP(*(const Datum *) a);
-	text	   *y = DatumGetTextPP(*(const Datum *) b);
-	int			lx = VARSIZE_ANY_EXHDR(x),
-				ly = VARSIZE_ANY_EXHDR(y);
-	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
-
-	return c != 0 ? c : (lx > ly) - (lx < ly);
+	return AggrCompareText(*(const Datum *) a, *(const Datum *) b);
 }
 
 /* $7 and $8 of ingest_distributed_sql: each topic once, in "C" order, and its count. */
@@ -248,31 +253,110 @@ AggrTrySubtransaction(void (*fn) (void *arg), void *arg)
 	return error;
 }
 
+/*
+ * What the bulk path adds to this backend's counter shard ($4): each topic
+ * ($1, in "C" order), how many events it received ($2) and stored ($3).
+ */
+static const char *const bulk_counters_sql =
+"INSERT INTO aggr.counters AS c"
+"    (topic, shard, received, unique_processed, duplicate_dropped)"
+" SELECT t.topic, $4, t.received, t.stored, t.received - t.stored"
+" FROM unnest($1::pg_catalog.text[], $2::pg_catalog.int8[], $3::pg_catalog.int8[])"
+"   AS t(topic, received, stored)"
+" ON CONFLICT (topic, shard) DO UPDATE SET"
+"  received = c.received + excluded.received,"
+"  unique_processed = c.unique_processed + excluded.unique_processed,"
+"  duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped";
+
+static SPIPlanPtr bulk_counters_plan = NULL;
+
+static void
+CountBulkBatch(const AggrBulkCounts *counts)
+{
+	static Oid	argtypes[4] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT2OID};
+	Datum		values[4];
+	Datum	   *received = palloc(counts->ntopics * sizeof(Datum));
+	Datum	   *stored = palloc(counts->ntopics * sizeof(Datum));
+	int			ret;
+
+	for (int t = 0; t < counts->ntopics; t++)
+	{
+		received[t] = Int64GetDatum(counts->received[t]);
+		stored[t] = Int64GetDatum(counts->stored[t]);
+	}
+	values[0] = PointerGetDatum(construct_array(counts->topics, counts->ntopics, TEXTOID,
+												-1, false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(received, counts->ntopics, INT8OID,
+												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(stored, counts->ntopics, INT8OID,
+												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_plan(AggrPreparedPlan(&bulk_counters_plan, bulk_counters_sql, 4, argtypes),
+						   values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "counter statement returned %d", ret);
+	SPI_finish();
+}
+
 typedef struct IngestCall
 {
 	const AggrBatch *batch;
+	bool		bulk;			/* try the bulk path first */
 	int64		stored;
 } IngestCall;
+
+/*
+ * Says, once per backend and reason, why batches take the statement: a
+ * user who added a trigger to aggr.events sees why ingest slowed down.
+ */
+static void
+LogFallback(const char *reason)
+{
+	static const char *logged = NULL;
+
+	ereport(reason == logged ? DEBUG1 : LOG,
+			errmsg("aggr: batches take the INSERT statement, not the bulk path: %s", reason));
+	logged = reason;
+}
 
 static void
 RunIngestCall(void *arg)
 {
 	IngestCall *call = arg;
+	AggrBulkCounts counts;
+	const char *reason = NULL;
 
+	if (call->bulk)
+	{
+		if (AggrCitusRoleNow().distributed)
+			reason = "aggr.events is distributed by Citus";
+		else if (AggrBulkIngest(call->batch, &counts, &reason))
+		{
+			CountBulkBatch(&counts);
+			call->stored = counts.stored_total;
+			return;
+		}
+		LogFallback(reason);
+	}
 	call->stored = RunIngestStatement(call->batch);
 }
 
 /*
  * Stores a validated batch and updates the counters, inside the current
  * transaction.  Deadlocks are retried in a subtransaction, which undoes the
- * lost attempt without touching the caller's earlier work.
+ * lost attempt without touching the caller's earlier work; so is a bulk
+ * batch that met a concurrent writer of its keys (bulk.h), by the statement.
  */
 void
 AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 {
-	IngestCall	call = {batch, 0};
+	IngestCall	call = {batch, aggr_bulk_ingest, 0};
+	int			bulk_conflicts = 0;
 
 	AggrRequireNotCitusWorker("aggr ingests");
+	PreventCommandIfReadOnly("INSERT INTO aggr.events");
 	AggrHoldWatermark();
 	for (int attempt = 1;; attempt++)
 	{
@@ -280,6 +364,24 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 
 		if (error == NULL)
 			break;
+
+		/*
+		 * A bulk batch that met a concurrent writer of one of its keys (the
+		 * bulk path raises no other serialization failure: it is not taken
+		 * under REPEATABLE READ or SERIALIZABLE).  Its next try's pre-check
+		 * finds the other writer's row and waits for it; after two, the
+		 * statement, whose speculative insertion cannot meet this.
+		 */
+		if (call.bulk && error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE)
+		{
+			call.bulk = ++bulk_conflicts < AGGR_BULK_ATTEMPTS;
+			ereport(DEBUG1,
+					(errmsg("aggr: a batch of %d events again, by the %s: %s", batch->nevents,
+							call.bulk ? "bulk path" : "INSERT statement", error->message)));
+			FreeErrorData(error);
+			attempt--;
+			continue;
+		}
 
 		/*
 		 * Under REPEATABLE READ or SERIALIZABLE the snapshot stays, so a

@@ -1,0 +1,467 @@
+/*
+ * bulk.c
+ *		The bulk ingest path: the protocol is in bulk.h.
+ *
+ * The rows are built here the way the INSERT statement builds them: the
+ * batch fills topic, event_id, timestamp, source and payload, and every
+ * other column gets its default (ingested_at's now(), seq's identity, and
+ * whatever a user added), then NOT NULL and CHECK constraints are checked.
+ * The table's own machinery does the rest: the access method's
+ * multi-insert, and the executor's index insertion for every index.
+ */
+#include "postgres.h"
+
+#include "aggr.h"
+#include "bulk.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+/* the columns the batch fills, in the order of AggrBatch's arrays */
+#define BATCH_COLUMNS 5
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			batch_columns[BATCH_COLUMNS] =
+
+{
+	{"topic", TEXTOID},
+	{"event_id", TEXTOID},
+	{"timestamp", TIMESTAMPTZOID},
+	{"source", TEXTOID},
+	{"payload", JSONBOID},
+};
+
+int
+AggrCompareText(Datum a, Datum b)
+{
+	text	   *x = DatumGetTextPP(a);
+	text	   *y = DatumGetTextPP(b);
+	int			lx = VARSIZE_ANY_EXHDR(x),
+				ly = VARSIZE_ANY_EXHDR(y);
+	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+/* The statement's order: key, then position in the batch. */
+static int
+CompareEvents(const void *a, const void *b, void *arg)
+{
+	const AggrBatch *batch = arg;
+	int			x = *(const int *) a,
+				y = *(const int *) b;
+	int			c = AggrCompareText(batch->topics[x], batch->topics[y]);
+
+	if (c == 0)
+		c = AggrCompareText(batch->event_ids[x], batch->event_ids[y]);
+	return c != 0 ? c : (x > y) - (x < y);
+}
+
+static bool
+SameKey(const AggrBatch *batch, int x, int y)
+{
+	return AggrCompareText(batch->event_ids[x], batch->event_ids[y]) == 0 &&
+		AggrCompareText(batch->topics[x], batch->topics[y]) == 0;
+}
+
+/*
+ * Why the table cannot take the bulk path, or NULL; fills columns[] with
+ * the attribute numbers of the batch's columns.
+ */
+static const char *
+TableUnsafeReason(Relation rel, AttrNumber *columns)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *triggers = rel->trigdesc;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		return "aggr.events is not a plain table";
+	if (rel->rd_rules != NULL)
+		return "aggr.events has a rule";
+	if (triggers != NULL &&
+		(triggers->trig_insert_before_row || triggers->trig_insert_after_row ||
+		 triggers->trig_insert_instead_row || triggers->trig_insert_before_statement ||
+		 triggers->trig_insert_after_statement || triggers->trig_insert_new_table))
+		return "aggr.events has an insert trigger";
+	if (rel->rd_rel->relrowsecurity)
+		return "aggr.events has row security";
+	if (desc->constr != NULL && desc->constr->has_generated_stored)
+		return "aggr.events has a generated column";
+#if PG_VERSION_NUM >= 180000
+	if (desc->constr != NULL && desc->constr->has_generated_virtual)
+		return "aggr.events has a generated column";
+#endif
+	for (int c = 0; c < BATCH_COLUMNS; c++)
+	{
+		columns[c] = InvalidAttrNumber;
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+
+			if (!att->attisdropped && strcmp(NameStr(att->attname), batch_columns[c].name) == 0)
+			{
+				if (att->atttypid == batch_columns[c].type)
+					columns[c] = att->attnum;
+				break;
+			}
+		}
+		if (columns[c] == InvalidAttrNumber)
+			return "aggr.events' columns changed";
+	}
+	return NULL;
+}
+
+/*
+ * Why the table's indexes rule the bulk path out, or NULL; *key: the
+ * position in rri of the primary key on (topic, event_id), which step 2
+ * reads.
+ */
+static const char *
+IndexUnsafeReason(ResultRelInfo *rri, const AttrNumber *columns, int *key)
+{
+	*key = -1;
+	for (int i = 0; i < rri->ri_NumIndices; i++)
+	{
+		Form_pg_index index = rri->ri_IndexRelationDescs[i]->rd_index;
+		IndexInfo  *info = rri->ri_IndexRelationInfo[i];
+
+		/* both are checked after the insert, which step 3 does not do */
+		if (info->ii_ExclusionOps != NULL)
+			return "aggr.events has an exclusion constraint";
+		if (index->indisunique && !index->indimmediate)
+			return "aggr.events has a deferrable unique constraint";
+		if (index->indisprimary && index->indisvalid && index->indnkeyatts == 2 &&
+			index->indkey.values[0] == columns[0] && index->indkey.values[1] == columns[1] &&
+			info->ii_Expressions == NIL && info->ii_Predicate == NIL)
+			*key = i;
+	}
+	return *key >= 0 ? NULL : "aggr.events' primary key is not (topic, event_id)";
+}
+
+/* Why this transaction cannot take the bulk path, or NULL. */
+static const char *
+TransactionUnsafeReason(void)
+{
+	/*
+	 * With one snapshot for the whole transaction, ON CONFLICT fails with a
+	 * serialization error where the conflicting row is not in the snapshot;
+	 * the pre-check would take it for a duplicate.
+	 */
+	if (IsolationUsesXactSnapshot())
+		return "a REPEATABLE READ or SERIALIZABLE transaction";
+	return NULL;
+}
+
+/* aggr.events open for the bulk path */
+typedef struct BulkTarget
+{
+	Relation	rel;
+	TupleDesc	desc;			/* a copy: slots of it need no pin */
+	EState	   *estate;
+	ResultRelInfo *rri;
+	AttrNumber	columns[BATCH_COLUMNS];
+	ExprState **defaults;		/* per attribute, NULL: filled or none */
+	ExprContext *defaults_context;
+
+	/* step 2: one scan of the primary key, rescanned for each key */
+	Relation	key_index;
+	IndexInfo  *key_info;
+	SnapshotData dirty;
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+	TupleTableSlot *existing;
+} BulkTarget;
+
+static void
+CloseTarget(BulkTarget *target)
+{
+	if (target->scan != NULL)
+		index_endscan(target->scan);
+	if (target->existing != NULL)
+		ExecDropSingleTupleTableSlot(target->existing);
+	ExecCloseIndices(target->rri);
+	FreeExecutorState(target->estate);
+	table_close(target->rel, NoLock);
+}
+
+/* Opens aggr.events; NULL, or why the path cannot be taken (then closed). */
+static const char *
+OpenTarget(BulkTarget *target, Oid relid)
+{
+	const char *reason;
+	int			key;
+
+	memset(target, 0, sizeof(*target));
+	target->rel = table_open(relid, RowExclusiveLock);
+
+	/*
+	 * The counters are written last, but locked now, as the statement locks
+	 * every table it writes before it starts: a session holding a lock on
+	 * aggr.counters then stops this batch before it has inserted anything,
+	 * which nobody can come to wait for.
+	 */
+	LockRelationOid(get_relname_relid("counters", RelationGetNamespace(target->rel)),
+					RowExclusiveLock);
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(target->rel));
+	target->estate = CreateExecutorState();
+	target->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(target->rri, target->rel, 0, NULL, 0);
+	ExecOpenIndices(target->rri, true);
+	if ((reason = TableUnsafeReason(target->rel, target->columns)) != NULL ||
+		(reason = IndexUnsafeReason(target->rri, target->columns, &key)) != NULL)
+	{
+		CloseTarget(target);
+		return reason;
+	}
+	target->desc = CreateTupleDescCopyConstr(RelationGetDescr(target->rel));
+
+	/* every column the batch does not fill gets its default, as in INSERT */
+	target->defaults = palloc0(target->desc->natts * sizeof(ExprState *));
+	for (int a = 0; a < target->desc->natts; a++)
+	{
+		Expr	   *expr;
+		bool		filled = false;
+
+		for (int c = 0; c < BATCH_COLUMNS; c++)
+			filled |= (target->columns[c] == a + 1);
+		if (filled || TupleDescAttr(target->desc, a)->attisdropped)
+			continue;
+		expr = (Expr *) build_column_default(target->rel, a + 1);
+		if (expr != NULL)
+			target->defaults[a] = ExecInitExpr(expression_planner(expr), NULL);
+	}
+	target->defaults_context = CreateExprContext(target->estate);
+
+	target->key_index = target->rri->ri_IndexRelationDescs[key];
+	target->key_info = target->rri->ri_IndexRelationInfo[key];
+	InitDirtySnapshot(target->dirty);
+	for (int i = 0; i < 2; i++)
+		ScanKeyEntryInitialize(&target->keys[i], 0, i + 1, target->key_info->ii_UniqueStrats[i],
+							   InvalidOid, target->key_index->rd_indcollation[i],
+							   target->key_info->ii_UniqueProcs[i], (Datum) 0);
+	target->existing = MakeSingleTupleTableSlot(target->desc, table_slot_callbacks(target->rel));
+	return NULL;
+}
+
+/*
+ * Step 2 for one key: true when no row holds it, false when a committed row
+ * or one of this transaction does.  A row that a transaction in progress
+ * inserts or deletes is waited for, with the scan ended (no page pinned
+ * while waiting, as PostgreSQL's own check does), then the key is read again.
+ */
+static bool
+KeyIsNew(BulkTarget *target, Datum topic, Datum event_id)
+{
+	for (;;)
+	{
+		TransactionId xwait;
+
+		if (target->scan == NULL)
+#if PG_VERSION_NUM >= 180000
+			target->scan = index_beginscan(target->rel, target->key_index, &target->dirty,
+										   NULL, 2, 0);
+#else
+			target->scan = index_beginscan(target->rel, target->key_index, &target->dirty,
+										   2, 0);
+#endif
+		target->keys[0].sk_argument = topic;
+		target->keys[1].sk_argument = event_id;
+		index_rescan(target->scan, target->keys, 2, NULL, 0);
+		if (!index_getnext_slot(target->scan, ForwardScanDirection, target->existing))
+			return true;
+		xwait = TransactionIdIsValid(target->dirty.xmin) ? target->dirty.xmin : target->dirty.xmax;
+		if (!TransactionIdIsValid(xwait))
+			return false;
+		index_endscan(target->scan);
+		target->scan = NULL;
+		if (target->dirty.speculativeToken != 0)
+			SpeculativeInsertionWait(target->dirty.xmin, target->dirty.speculativeToken);
+		else
+			XactLockTableWait(xwait, target->rel, &target->existing->tts_tid, XLTW_InsertIndex);
+		ExecClearTuple(target->existing);
+	}
+}
+
+/* The row of event i: the batch's columns, then the defaults, checked. */
+static void
+FormRow(BulkTarget *target, const AggrBatch *batch, int i, TupleTableSlot *slot)
+{
+	TupleDesc	desc = target->desc;
+	const AttrNumber *columns = target->columns;
+
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, true, desc->natts * sizeof(bool));
+	slot->tts_values[columns[0] - 1] = batch->topics[i];
+	slot->tts_values[columns[1] - 1] = batch->event_ids[i];
+	slot->tts_values[columns[2] - 1] = batch->timestamps[i];
+	slot->tts_values[columns[3] - 1] = batch->sources[i];
+	slot->tts_values[columns[4] - 1] = batch->payloads[i];
+	for (int c = 0; c < BATCH_COLUMNS; c++)
+		slot->tts_isnull[columns[c] - 1] = false;
+	for (int a = 0; a < desc->natts; a++)
+		if (target->defaults[a] != NULL)
+			slot->tts_values[a] = ExecEvalExpr(target->defaults[a], target->defaults_context,
+											   &slot->tts_isnull[a]);
+	ExecStoreVirtualTuple(slot);
+	if (desc->constr != NULL)
+		ExecConstraints(target->rri, slot, target->estate);
+}
+
+/* Step 3 for a chunk of new rows; step 4 if a key is no longer new. */
+static void
+InsertRows(BulkTarget *target, TupleTableSlot **slots, int n)
+{
+	table_multi_insert(target->rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+	for (int j = 0; j < n; j++)
+	{
+		bool		conflicted = false;
+
+#if PG_VERSION_NUM >= 160000
+		list_free(ExecInsertIndexTuples(target->rri, slots[j], target->estate, false, true,
+										&conflicted, NIL, false));
+#else
+		list_free(ExecInsertIndexTuples(target->rri, slots[j], target->estate, false, true,
+										&conflicted, NIL));
+#endif
+		if (conflicted)
+			ereport(ERROR,
+					errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					errmsg(AGGR_BULK_CONFLICT));
+	}
+}
+
+/*
+ * aggr.test_bulk_pause = N: the isolation specs hold pg_advisory_lock(N) to
+ * stop a writer between its first chunk's pre-check and insert, where it
+ * waits for the lock in share mode.
+ */
+static void
+TestPause(void)
+{
+	LOCKTAG		tag;
+
+	if (aggr_test_bulk_pause == 0)
+		return;
+	/* pg_advisory_lock(bigint)'s tag */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, (uint32) aggr_test_bulk_pause, 1);
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	LockRelease(&tag, ShareLock, false);
+}
+
+/*
+ * Rows go in chunks of this many: a chunk's keys are checked just before
+ * they are inserted, so a concurrent writer of one of them rarely slips in
+ * between (step 4), while the heap still gets a multi-insert.
+ */
+#define BULK_CHUNK_ROWS 50
+
+bool
+AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reason)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext context;
+	Oid			relid;
+	BulkTarget	target;
+	int			n = batch->nevents;
+	int		   *order;
+	bool	   *stored;
+	TupleTableSlot *slots[BULK_CHUNK_ROWS];
+	int			nslots = 0;
+	int			nchunk = 0;
+	int64		nstored = 0;
+
+	if ((*reason = TransactionUnsafeReason()) != NULL)
+		return false;
+	relid = get_relname_relid("events", get_namespace_oid("aggr", false));
+	if (!OidIsValid(relid))
+	{
+		*reason = "aggr.events is missing";
+		return false;
+	}
+	context = AllocSetContextCreate(caller, "aggr bulk ingest", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(context);
+	if ((*reason = OpenTarget(&target, relid)) != NULL)
+	{
+		MemoryContextSwitchTo(caller);
+		MemoryContextDelete(context);
+		return false;
+	}
+
+	/* 1. key order */
+	order = palloc(n * sizeof(int));
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	qsort_arg(order, n, sizeof(int), CompareEvents, (void *) batch);
+
+	/* 2. and 3., chunk by chunk; seq is drawn only for new rows, in key order */
+	stored = palloc0(n * sizeof(bool));
+	for (int k = 0; k < n; k++)
+	{
+		int			i = order[k];
+
+		if (!(k > 0 && SameKey(batch, i, order[k - 1])) &&
+			KeyIsNew(&target, batch->topics[i], batch->event_ids[i]))
+		{
+			if (nchunk == nslots)
+				slots[nslots++] = MakeSingleTupleTableSlot(target.desc,
+														   table_slot_callbacks(target.rel));
+			FormRow(&target, batch, i, slots[nchunk++]);
+			stored[k] = true;
+		}
+		if (nchunk == BULK_CHUNK_ROWS || (k == n - 1 && nchunk > 0))
+		{
+			if (nstored == 0)
+				TestPause();
+			InsertRows(&target, slots, nchunk);
+			nstored += nchunk;
+			nchunk = 0;
+		}
+	}
+
+	/* what was stored, per topic: the sort put each topic's events together */
+	MemoryContextSwitchTo(caller);
+	counts->ntopics = 0;
+	counts->topics = palloc(n * sizeof(Datum));
+	counts->received = palloc(n * sizeof(int64));
+	counts->stored = palloc(n * sizeof(int64));
+	counts->stored_total = nstored;
+	for (int k = 0; k < n; k++)
+	{
+		int			i = order[k];
+		int			t = counts->ntopics - 1;
+
+		if (t < 0 || AggrCompareText(batch->topics[i], counts->topics[t]) != 0)
+		{
+			t = counts->ntopics++;
+			counts->topics[t] = batch->topics[i];
+			counts->received[t] = 0;
+			counts->stored[t] = 0;
+		}
+		counts->received[t]++;
+		counts->stored[t] += stored[k];
+	}
+
+	for (int j = 0; j < nslots; j++)
+		ExecDropSingleTupleTableSlot(slots[j]);
+	CloseTarget(&target);
+	MemoryContextDelete(context);
+	return true;
+}
