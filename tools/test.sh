@@ -138,8 +138,8 @@ else
         preload_cluster "$major" || exit 1
         installcheck "$major" "aggr preloaded" "$pg_config"
     done
-    suite 18 "TAP: stock server, direct, broker, queue, sidecar, event stream, retention, compose settings, Citus" make -s installcheck-tap \
-        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/046_stream.pl t/047_retention.pl t/060_compose.pl t/080_citus.pl"
+    suite 18 "TAP: stock server, direct, broker, queue, sidecar, event stream, retention, bulk crash, compose settings, Citus" make -s installcheck-tap \
+        PROVE_TESTS="t/005_stock.pl t/010_direct.pl t/020_broker.pl t/025_queue.pl t/040_sidecar.pl t/046_stream.pl t/047_retention.pl t/048_bulk_crash.pl t/060_compose.pl t/080_citus.pl"
     suite 15 "TAP end-to-end" make -s installcheck-tap
     suite 15 "sidecar unit tests" make -s -C sidecar check
     suite 15 "publisher unit tests" make -s -C publisher check
