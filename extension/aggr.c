@@ -131,7 +131,7 @@ DefineSessionSettings(void)
 	DefineCustomIntVariable("aggr.test_bulk_pause",
 							"Test only: the bulk path waits for pg_advisory_lock(this) between its first pre-check and insert (0 = never).",
 							NULL, &aggr_test_bulk_pause, 0, 0, INT_MAX,
-							PGC_USERSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+							PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	DefineCustomEnumVariable("aggr.test_crash_point",
 							 "Test only: make a consumer exit at this point of its batch protocol.",
 							 NULL, &aggr_test_crash_point, 0, crash_point_options,

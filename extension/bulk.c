@@ -15,6 +15,7 @@
 #include "bulk.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -91,8 +92,9 @@ TableUnsafeReason(Relation rel, AttrNumber *columns)
 	TupleDesc	desc = RelationGetDescr(rel);
 	TriggerDesc *triggers = rel->trigdesc;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
-		return "aggr.events is not a plain table";
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->rd_tableam != GetHeapamTableAmRoutine())
+		return "aggr.events is not a plain heap table";
 	if (rel->rd_rules != NULL)
 		return "aggr.events has a rule";
 	if (triggers != NULL &&
@@ -102,6 +104,13 @@ TableUnsafeReason(Relation rel, AttrNumber *columns)
 		return "aggr.events has an insert trigger";
 	if (rel->rd_rel->relrowsecurity)
 		return "aggr.events has row security";
+
+	/*
+	 * The statement checks every event against a CHECK constraint, the
+	 * duplicates too; the bulk path builds rows only for new events.
+	 */
+	if (rel->rd_rel->relchecks > 0)
+		return "aggr.events has a check constraint";
 	if (desc->constr != NULL && desc->constr->has_generated_stored)
 		return "aggr.events has a generated column";
 #if PG_VERSION_NUM >= 180000
@@ -117,13 +126,47 @@ TableUnsafeReason(Relation rel, AttrNumber *columns)
 
 			if (!att->attisdropped && strcmp(NameStr(att->attname), batch_columns[c].name) == 0)
 			{
-				if (att->atttypid == batch_columns[c].type)
+				/* a typmod would need the statement's assignment coercion */
+				if (att->atttypid == batch_columns[c].type && att->atttypmod == -1)
 					columns[c] = att->attnum;
 				break;
 			}
 		}
 		if (columns[c] == InvalidAttrNumber)
 			return "aggr.events' columns changed";
+	}
+	return NULL;
+}
+
+/*
+ * Builds the default of every column the batch does not fill, as INSERT
+ * does; why that cannot be done here, or NULL.
+ */
+static const char *
+DefaultsUnsafeReason(Relation rel, const AttrNumber *columns, ExprState **defaults)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+		Expr	   *expr;
+		bool		filled = false;
+
+		for (int c = 0; c < BATCH_COLUMNS; c++)
+			filled |= (columns[c] == a + 1);
+		if (filled || att->attisdropped)
+			continue;
+		expr = (Expr *) build_column_default(rel, a + 1);
+		if (expr != NULL)
+			defaults[a] = ExecInitExpr(expression_planner(expr), NULL);
+
+		/*
+		 * NULL: the statement would fail every event, duplicates too, or
+		 * coerce the NULL to a domain.
+		 */
+		else if (att->attnotnull || get_typtype(att->atttypid) == TYPTYPE_DOMAIN)
+			return "a column of aggr.events that events do not fill has no default";
 	}
 	return NULL;
 }
@@ -142,15 +185,18 @@ IndexUnsafeReason(ResultRelInfo *rri, const AttrNumber *columns, int *key)
 		Form_pg_index index = rri->ri_IndexRelationDescs[i]->rd_index;
 		IndexInfo  *info = rri->ri_IndexRelationInfo[i];
 
-		/* both are checked after the insert, which step 3 does not do */
+		/* checked after the insert, which step 3 does not do */
 		if (info->ii_ExclusionOps != NULL)
 			return "aggr.events has an exclusion constraint";
-		if (index->indisunique && !index->indimmediate)
-			return "aggr.events has a deferrable unique constraint";
-		if (index->indisprimary && index->indisvalid && index->indnkeyatts == 2 &&
+		if (index->indisprimary && index->indimmediate && index->indisvalid &&
+			index->indnkeyatts == 2 &&
 			index->indkey.values[0] == columns[0] && index->indkey.values[1] == columns[1] &&
 			info->ii_Expressions == NIL && info->ii_Predicate == NIL)
 			*key = i;
+
+		/* step 2 reads the primary key only */
+		else if (index->indisunique)
+			return "aggr.events has a unique index besides its primary key";
 	}
 	return *key >= 0 ? NULL : "aggr.events' primary key is not (topic, event_id)";
 }
@@ -189,13 +235,24 @@ typedef struct BulkTarget
 	TupleTableSlot *existing;
 } BulkTarget;
 
+/* Ends step 2's scan: no index or heap page stays pinned. */
+static void
+EndProbe(BulkTarget *target)
+{
+	ExecClearTuple(target->existing);
+	if (target->scan != NULL)
+		index_endscan(target->scan);
+	target->scan = NULL;
+}
+
 static void
 CloseTarget(BulkTarget *target)
 {
-	if (target->scan != NULL)
-		index_endscan(target->scan);
 	if (target->existing != NULL)
+	{
+		EndProbe(target);
 		ExecDropSingleTupleTableSlot(target->existing);
+	}
 	ExecCloseIndices(target->rri);
 	FreeExecutorState(target->estate);
 	table_close(target->rel, NoLock);
@@ -207,6 +264,7 @@ OpenTarget(BulkTarget *target, Oid relid)
 {
 	const char *reason;
 	int			key;
+	Oid			counters;
 
 	memset(target, 0, sizeof(*target));
 	target->rel = table_open(relid, RowExclusiveLock);
@@ -217,37 +275,24 @@ OpenTarget(BulkTarget *target, Oid relid)
 	 * aggr.counters then stops this batch before it has inserted anything,
 	 * which nobody can come to wait for.
 	 */
-	LockRelationOid(get_relname_relid("counters", RelationGetNamespace(target->rel)),
-					RowExclusiveLock);
+	counters = get_relname_relid("counters", RelationGetNamespace(target->rel));
+	if (OidIsValid(counters))
+		LockRelationOid(counters, RowExclusiveLock);
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(target->rel));
 	target->estate = CreateExecutorState();
 	target->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(target->rri, target->rel, 0, NULL, 0);
 	ExecOpenIndices(target->rri, true);
+	target->defaults = palloc0(RelationGetDescr(target->rel)->natts * sizeof(ExprState *));
 	if ((reason = TableUnsafeReason(target->rel, target->columns)) != NULL ||
-		(reason = IndexUnsafeReason(target->rri, target->columns, &key)) != NULL)
+		(reason = IndexUnsafeReason(target->rri, target->columns, &key)) != NULL ||
+		(reason = DefaultsUnsafeReason(target->rel, target->columns, target->defaults)) != NULL)
 	{
 		CloseTarget(target);
 		return reason;
 	}
 	target->desc = CreateTupleDescCopyConstr(RelationGetDescr(target->rel));
-
-	/* every column the batch does not fill gets its default, as in INSERT */
-	target->defaults = palloc0(target->desc->natts * sizeof(ExprState *));
-	for (int a = 0; a < target->desc->natts; a++)
-	{
-		Expr	   *expr;
-		bool		filled = false;
-
-		for (int c = 0; c < BATCH_COLUMNS; c++)
-			filled |= (target->columns[c] == a + 1);
-		if (filled || TupleDescAttr(target->desc, a)->attisdropped)
-			continue;
-		expr = (Expr *) build_column_default(target->rel, a + 1);
-		if (expr != NULL)
-			target->defaults[a] = ExecInitExpr(expression_planner(expr), NULL);
-	}
 	target->defaults_context = CreateExprContext(target->estate);
 
 	target->key_index = target->rri->ri_IndexRelationDescs[key];
@@ -265,7 +310,7 @@ OpenTarget(BulkTarget *target, Oid relid)
  * Step 2 for one key: true when no row holds it, false when a committed row
  * or one of this transaction does.  A row that a transaction in progress
  * inserts or deletes is waited for, with the scan ended (no page pinned
- * while waiting, as PostgreSQL's own check does), then the key is read again.
+ * while waiting), then the key is read again.
  */
 static bool
 KeyIsNew(BulkTarget *target, Datum topic, Datum event_id)
@@ -273,6 +318,8 @@ KeyIsNew(BulkTarget *target, Datum topic, Datum event_id)
 	for (;;)
 	{
 		TransactionId xwait;
+		ItemPointerData tid;
+		uint32		token;
 
 		if (target->scan == NULL)
 #if PG_VERSION_NUM >= 180000
@@ -290,13 +337,13 @@ KeyIsNew(BulkTarget *target, Datum topic, Datum event_id)
 		xwait = TransactionIdIsValid(target->dirty.xmin) ? target->dirty.xmin : target->dirty.xmax;
 		if (!TransactionIdIsValid(xwait))
 			return false;
-		index_endscan(target->scan);
-		target->scan = NULL;
-		if (target->dirty.speculativeToken != 0)
-			SpeculativeInsertionWait(target->dirty.xmin, target->dirty.speculativeToken);
+		tid = target->existing->tts_tid;
+		token = target->dirty.speculativeToken;
+		EndProbe(target);
+		if (token != 0)
+			SpeculativeInsertionWait(xwait, token);
 		else
-			XactLockTableWait(xwait, target->rel, &target->existing->tts_tid, XLTW_InsertIndex);
-		ExecClearTuple(target->existing);
+			XactLockTableWait(xwait, target->rel, &tid, XLTW_InsertIndex);
 	}
 }
 
@@ -396,7 +443,9 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 		*reason = "aggr.events is missing";
 		return false;
 	}
-	context = AllocSetContextCreate(caller, "aggr bulk ingest", ALLOCSET_DEFAULT_SIZES);
+	/* in the (sub)transaction's context: an error frees it with its rollback */
+	context = AllocSetContextCreate(CurTransactionContext, "aggr bulk ingest",
+									ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(context);
 	if ((*reason = OpenTarget(&target, relid)) != NULL)
 	{
@@ -428,11 +477,14 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 		}
 		if (nchunk == BULK_CHUNK_ROWS || (k == n - 1 && nchunk > 0))
 		{
+			EndProbe(&target);
 			if (nstored == 0)
 				TestPause();
 			InsertRows(&target, slots, nchunk);
 			nstored += nchunk;
 			nchunk = 0;
+			ResetExprContext(target.defaults_context);
+			ResetPerTupleExprContext(target.estate);
 		}
 	}
 

@@ -11,24 +11,27 @@
  * 2. Pre-check each key against the primary key with a dirty snapshot, as
  *	  ON CONFLICT does: a committed row, or one of this transaction, makes
  *	  the event a duplicate; a row of a transaction in progress is waited
- *	  for, then checked again.  Nothing of this batch is written yet, so
- *	  nobody can be waiting for it: this wait cannot close a deadlock.
+ *	  for (no page pinned), then checked again.  Every writer, this path and
+ *	  the statement, takes keys in the same ("C") order, so among
+ *	  single-batch transactions such a wait cannot close a cycle.
  * 3. Insert the new rows' heap tuples in one multi-insert (one WAL record
  *	  per page), then their index entries, the primary key's with a partial
  *	  unique check: a writer that inserted one of the keys since step 2 is
- *	  noticed there, in the index page, under its lock, without waiting.
- * 4. If any was, the batch raises AGGR_BULK_CONFLICT; the caller runs every
- *	  batch in a subtransaction (ingest.c), whose rollback takes all of its
- *	  rows back, and ingests the batch again with the statement, whose
- *	  speculative insertion waits for the other writer.  Two bulk writers
- *	  that race for a key both notice it, both roll back: neither waits.
+ *	  noticed there, in the key's index page, under its lock, without
+ *	  waiting.  Of two writers racing for a key, the later inserter notices.
+ *	  Steps 2 and 3 go a chunk of rows at a time, to keep that window short.
+ * 4. If a key was taken, the batch raises AGGR_BULK_CONFLICT; the caller
+ *	  runs every batch in a subtransaction (ingest.c), whose rollback takes
+ *	  all of its rows back, and tries it again: by this path once more,
+ *	  whose pre-check now finds the other writer's row and waits for it,
+ *	  then by the statement, whose speculative insertion waits by itself.
  *
  * The path is taken only where it is exactly the statement's equivalent.
- * What rules it out (a trigger or rule on aggr.events, row security, a
- * generated column, an exclusion constraint, a changed key or column, a
- * REPEATABLE READ snapshot) is named to the
- * caller, which then uses the statement; aggr.counters counts the events
- * the statement stores (bulk_fallback).
+ * What rules it out (a trigger, rule, CHECK constraint, generated column,
+ * exclusion constraint or second unique index on aggr.events, row
+ * security, a changed key or column, a REPEATABLE READ snapshot) is named
+ * to the caller, which then uses the statement; aggr.counters counts the
+ * events the statement receives (bulk_fallback).
  */
 #ifndef AGGR_BULK_H
 #define AGGR_BULK_H

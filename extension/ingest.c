@@ -26,6 +26,7 @@
 #include "../bgworker/slots.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -39,6 +40,7 @@
 #endif
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
@@ -71,14 +73,13 @@ static const char *const ingest_sql =
 "    USING (topic)"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c"
-"      (topic, shard, received, unique_processed, duplicate_dropped, bulk_fallback)"
-"  SELECT topic, $6, received, stored, received - stored, received FROM per_topic"
+"      (topic, shard, received, unique_processed, duplicate_dropped)"
+"  SELECT topic, $6, received, stored, received - stored FROM per_topic"
 "  ORDER BY topic COLLATE \"C\""
 "  ON CONFLICT (topic, shard) DO UPDATE SET"
 "    received = c.received + excluded.received,"
 "    unique_processed = c.unique_processed + excluded.unique_processed,"
-"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped,"
-"    bulk_fallback = c.bulk_fallback + excluded.bulk_fallback"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
 ")"
 "SELECT coalesce(pg_catalog.sum(stored), 0)::pg_catalog.int8 FROM per_topic";
 
@@ -132,9 +133,8 @@ static const char *const ingest_distributed_sql =
 "  RETURNING topic"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c"
-"      (topic, shard, received, unique_processed, duplicate_dropped, bulk_fallback)"
-"  SELECT r.topic, $6, r.received, coalesce(s.stored, 0), r.received - coalesce(s.stored, 0),"
-"      r.received"
+"      (topic, shard, received, unique_processed, duplicate_dropped)"
+"  SELECT r.topic, $6, r.received, coalesce(s.stored, 0), r.received - coalesce(s.stored, 0)"
 "  FROM unnest($7::pg_catalog.text[], $8::pg_catalog.int8[]) AS r(topic, received)"
 "  LEFT JOIN (SELECT topic, pg_catalog.count(*) AS stored FROM stored GROUP BY topic) s"
 "    USING (topic)"
@@ -142,8 +142,7 @@ static const char *const ingest_distributed_sql =
 "  ON CONFLICT (topic, shard) DO UPDATE SET"
 "    received = c.received + excluded.received,"
 "    unique_processed = c.unique_processed + excluded.unique_processed,"
-"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped,"
-"    bulk_fallback = c.bulk_fallback + excluded.bulk_fallback"
+"    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped"
 ")"
 "SELECT pg_catalog.count(*) FROM stored";
 
@@ -263,6 +262,7 @@ static const char *const bulk_counters_sql =
 " SELECT t.topic, $4, t.received, t.stored, t.received - t.stored"
 " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.int8[], $3::pg_catalog.int8[])"
 "   AS t(topic, received, stored)"
+" ORDER BY t.topic COLLATE \"C\""
 " ON CONFLICT (topic, shard) DO UPDATE SET"
 "  received = c.received + excluded.received,"
 "  unique_processed = c.unique_processed + excluded.unique_processed,"
@@ -300,10 +300,44 @@ CountBulkBatch(const AggrBulkCounts *counts)
 	SPI_finish();
 }
 
+/*
+ * The statement's events go to aggr.counters.bulk_fallback too: $1, $2 are
+ * each topic and its count, $3 this backend's shard, whose rows the
+ * statement has just written (and locked).  A separate statement, so that
+ * the statement itself stays as in every version, and runs on a 0.5 schema
+ * (the library updated, ALTER EXTENSION not yet run), counting nothing.
+ */
+static const char *const fallback_counters_sql =
+"UPDATE aggr.counters AS c SET bulk_fallback = c.bulk_fallback + t.received"
+" FROM unnest($1::pg_catalog.text[], $2::pg_catalog.int8[]) AS t(topic, received)"
+" WHERE c.topic = t.topic AND c.shard = $3";
+
+static SPIPlanPtr fallback_counters_plan = NULL;
+
+static void
+CountFallback(const AggrBatch *batch)
+{
+	static Oid	argtypes[3] = {TEXTARRAYOID, INT8ARRAYOID, INT2OID};
+	Datum		values[3];
+	Oid			counters = get_relname_relid("counters", get_namespace_oid("aggr", false));
+
+	if (get_attnum(counters, "bulk_fallback") == InvalidAttrNumber)
+		return;
+	CountTopics(batch, &values[0], &values[1]);
+	values[2] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_plan(AggrPreparedPlan(&fallback_counters_plan, fallback_counters_sql, 3, argtypes),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "fallback counter statement failed");
+	SPI_finish();
+}
+
 typedef struct IngestCall
 {
 	const AggrBatch *batch;
 	bool		bulk;			/* try the bulk path first */
+	bool		in_bulk;		/* an error came from inside the bulk path */
 	int64		stored;
 } IngestCall;
 
@@ -314,11 +348,16 @@ typedef struct IngestCall
 static void
 LogFallback(const char *reason)
 {
-	static const char *logged = NULL;
+	static const char *logged[16];
+	static int	nlogged = 0;
+	bool		seen = false;
 
-	ereport(reason == logged ? DEBUG1 : LOG,
+	for (int i = 0; i < nlogged; i++)
+		seen |= (logged[i] == reason);
+	ereport(seen ? DEBUG1 : LOG,
 			errmsg("aggr: batches take the INSERT statement, not the bulk path: %s", reason));
-	logged = reason;
+	if (!seen && nlogged < lengthof(logged))
+		logged[nlogged++] = reason;
 }
 
 static void
@@ -330,17 +369,26 @@ RunIngestCall(void *arg)
 
 	if (call->bulk)
 	{
+		bool		stored;
+
 		if (AggrCitusRoleNow().distributed)
 			reason = "aggr.events is distributed by Citus";
-		else if (AggrBulkIngest(call->batch, &counts, &reason))
+		else
 		{
-			CountBulkBatch(&counts);
-			call->stored = counts.stored_total;
-			return;
+			call->in_bulk = true;
+			stored = AggrBulkIngest(call->batch, &counts, &reason);
+			call->in_bulk = false;
+			if (stored)
+			{
+				CountBulkBatch(&counts);
+				call->stored = counts.stored_total;
+				return;
+			}
 		}
 		LogFallback(reason);
 	}
 	call->stored = RunIngestStatement(call->batch);
+	CountFallback(call->batch);
 }
 
 /*
@@ -352,7 +400,7 @@ RunIngestCall(void *arg)
 void
 AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 {
-	IngestCall	call = {batch, aggr_bulk_ingest, 0};
+	IngestCall	call = {batch, aggr_bulk_ingest, false, 0};
 	int			bulk_conflicts = 0;
 
 	AggrRequireNotCitusWorker("aggr ingests");
@@ -366,14 +414,15 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 			break;
 
 		/*
-		 * A bulk batch that met a concurrent writer of one of its keys (the
-		 * bulk path raises no other serialization failure: it is not taken
-		 * under REPEATABLE READ or SERIALIZABLE).  Its next try's pre-check
-		 * finds the other writer's row and waits for it; after two, the
-		 * statement, whose speculative insertion cannot meet this.
+		 * A bulk batch that met a concurrent writer of one of its keys: its
+		 * next try's pre-check finds the other writer's row and waits for it;
+		 * after two, the statement, whose speculative insertion waits where
+		 * this path gives up.
 		 */
-		if (call.bulk && error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE)
+		if (call.in_bulk && error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
+			strcmp(error->message, AGGR_BULK_CONFLICT) == 0)
 		{
+			call.in_bulk = false;
 			call.bulk = ++bulk_conflicts < AGGR_BULK_ATTEMPTS;
 			ereport(DEBUG1,
 					(errmsg("aggr: a batch of %d events again, by the %s: %s", batch->nevents,

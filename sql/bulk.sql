@@ -44,17 +44,16 @@ BEGIN READ ONLY;
 SELECT aggr_ingest(pg_temp.batch('ro', 'f/1'));
 ROLLBACK;
 SELECT * FROM pg_temp.agrees();
--- columns a user adds get their defaults; NOT NULL and CHECK hold
-ALTER TABLE aggr.events ADD COLUMN note text NOT NULL DEFAULT 'none',
-    ADD CONSTRAINT events_source_not_bad CHECK (source <> 'bad');
+-- a column a user adds gets its default
+ALTER TABLE aggr.events ADD COLUMN note text NOT NULL DEFAULT 'none';
 SELECT aggr_ingest(pg_temp.batch('five', 'g/1')) AS with_column;
 SELECT event_id, note FROM aggr.events WHERE topic = 'g';
-\set VERBOSITY terse
-SELECT aggr_ingest(pg_temp.batch('bad', 'g/2', 'g/3'));
-ALTER TABLE aggr.events ALTER COLUMN note DROP DEFAULT;
-SELECT aggr_ingest(pg_temp.batch('six', 'g/4'));
-\set VERBOSITY default
-ALTER TABLE aggr.events DROP COLUMN note, DROP CONSTRAINT events_source_not_bad;
+SELECT * FROM pg_temp.agrees();
+-- chunks: 120 events, 100 keys, across three chunks of the bulk path
+SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'n' || (i % 2), 'event_id', (i % 100)::text,
+                                                'timestamp', 0, 'source', 'chunks')))
+FROM generate_series(1, 120) i;
+SELECT count(*), count(DISTINCT seq), min(seq) > 0 AS seq_ok FROM aggr.events WHERE source = 'chunks';
 SELECT * FROM pg_temp.agrees();
 -- an index a user adds gets every row
 CREATE INDEX events_source_idx ON aggr.events (source);
@@ -83,6 +82,25 @@ SELECT aggr_ingest(pg_temp.batch('eight', 'i/1', 'i/2', 'a/1')) AS with_trigger;
 RESET client_min_messages;
 SELECT event_id FROM noted ORDER BY 1;
 DROP TRIGGER events_noted ON aggr.events;
+SELECT * FROM pg_temp.agrees();
+-- a CHECK constraint holds for every event, duplicates too, as in INSERT
+ALTER TABLE aggr.events ADD CONSTRAINT events_source_not_bad CHECK (source <> 'bad');
+\set VERBOSITY terse
+SELECT aggr_ingest(pg_temp.batch('bad', 'a/1'));
+SELECT aggr_ingest(pg_temp.batch('bad', 'g/2', 'g/3'));
+\set VERBOSITY default
+SELECT aggr_ingest(pg_temp.batch('good', 'g/2')) AS with_check;
+ALTER TABLE aggr.events DROP CONSTRAINT events_source_not_bad;
+-- a NOT NULL column without a default fails every event
+ALTER TABLE aggr.events ALTER COLUMN note DROP DEFAULT;
+\set VERBOSITY terse
+SELECT aggr_ingest(pg_temp.batch('six', 'a/1'));
+\set VERBOSITY default
+ALTER TABLE aggr.events DROP COLUMN note;
+-- a unique index besides the key
+CREATE UNIQUE INDEX events_seq_unique ON aggr.events (seq);
+SELECT aggr_ingest(pg_temp.batch('unique', 'o/1', 'a/1')) AS with_unique_index;
+DROP INDEX aggr.events_seq_unique;
 SELECT * FROM pg_temp.agrees();
 -- row security on aggr.events
 ALTER TABLE aggr.events ENABLE ROW LEVEL SECURITY;

@@ -74,8 +74,13 @@ LANGUAGE sql AS $$
 $$;
 
 CREATE EXTENSION aggr VERSION '0.1';
+-- the library of this version ingests into the old schema, before the
+-- update, by the bulk path and by the statement
 SELECT aggr_ingest('[{"topic": "u", "event_id": "1", "timestamp": 0, "source": "s"},
                      {"topic": "u", "event_id": "1", "timestamp": 0, "source": "s"}]');
+SET aggr.bulk_ingest = off;
+SELECT aggr_ingest('[{"topic": "u", "event_id": "2", "timestamp": 0, "source": "s"}]');
+RESET aggr.bulk_ingest;
 CREATE ROLE regress_aggr_upgrade;
 GRANT EXECUTE ON FUNCTION aggr_health() TO regress_aggr_upgrade;
 ALTER EXTENSION aggr UPDATE;
