@@ -49,37 +49,73 @@ static const struct
 	{"payload", JSONBOID},
 };
 
+static int	CompareBytes(const char *x, int lx, const char *y, int ly);
+
 int
 AggrCompareText(Datum a, Datum b)
 {
 	text	   *x = DatumGetTextPP(a);
 	text	   *y = DatumGetTextPP(b);
-	int			lx = VARSIZE_ANY_EXHDR(x),
-				ly = VARSIZE_ANY_EXHDR(y);
-	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return CompareBytes(VARDATA_ANY(x), VARSIZE_ANY_EXHDR(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(y));
+}
+
+/* An event's key, read once for the sort: the comparisons need no detoasting. */
+typedef struct SortedEvent
+{
+	const char *topic;
+	const char *event_id;
+	int			topic_len;
+	int			event_id_len;
+	int			position;		/* in the batch */
+} SortedEvent;
+
+static int
+CompareBytes(const char *x, int lx, const char *y, int ly)
+{
+	int			c = memcmp(x, y, Min(lx, ly));
 
 	return c != 0 ? c : (lx > ly) - (lx < ly);
 }
 
-/* The statement's order: key, then position in the batch. */
 static int
-CompareEvents(const void *a, const void *b, void *arg)
+CompareKeys(const SortedEvent *x, const SortedEvent *y)
 {
-	const AggrBatch *batch = arg;
-	int			x = *(const int *) a,
-				y = *(const int *) b;
-	int			c = AggrCompareText(batch->topics[x], batch->topics[y]);
+	int			c = CompareBytes(x->topic, x->topic_len, y->topic, y->topic_len);
 
-	if (c == 0)
-		c = AggrCompareText(batch->event_ids[x], batch->event_ids[y]);
-	return c != 0 ? c : (x > y) - (x < y);
+	return c != 0 ? c : CompareBytes(x->event_id, x->event_id_len, y->event_id, y->event_id_len);
 }
 
-static bool
-SameKey(const AggrBatch *batch, int x, int y)
+/* The statement's order: key, then position in the batch. */
+static int
+CompareEvents(const void *a, const void *b)
 {
-	return AggrCompareText(batch->event_ids[x], batch->event_ids[y]) == 0 &&
-		AggrCompareText(batch->topics[x], batch->topics[y]) == 0;
+	const SortedEvent *x = a,
+			   *y = b;
+	int			c = CompareKeys(x, y);
+
+	return c != 0 ? c : (x->position > y->position) - (x->position < y->position);
+}
+
+/* Step 1: the batch's events in the statement's order. */
+static SortedEvent *
+SortBatch(const AggrBatch *batch)
+{
+	SortedEvent *sorted = palloc(batch->nevents * sizeof(SortedEvent));
+
+	for (int i = 0; i < batch->nevents; i++)
+	{
+		text	   *topic = DatumGetTextPP(batch->topics[i]);
+		text	   *event_id = DatumGetTextPP(batch->event_ids[i]);
+
+		sorted[i].topic = VARDATA_ANY(topic);
+		sorted[i].topic_len = VARSIZE_ANY_EXHDR(topic);
+		sorted[i].event_id = VARDATA_ANY(event_id);
+		sorted[i].event_id_len = VARSIZE_ANY_EXHDR(event_id);
+		sorted[i].position = i;
+	}
+	qsort(sorted, batch->nevents, sizeof(SortedEvent), CompareEvents);
+	return sorted;
 }
 
 /*
@@ -428,7 +464,7 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 	Oid			relid;
 	BulkTarget	target;
 	int			n = batch->nevents;
-	int		   *order;
+	SortedEvent *sorted;
 	bool	   *stored;
 	TupleTableSlot *slots[BULK_CHUNK_ROWS];
 	int			nslots = 0;
@@ -454,19 +490,15 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 		return false;
 	}
 
-	/* 1. key order */
-	order = palloc(n * sizeof(int));
-	for (int i = 0; i < n; i++)
-		order[i] = i;
-	qsort_arg(order, n, sizeof(int), CompareEvents, (void *) batch);
+	sorted = SortBatch(batch);
 
 	/* 2. and 3., chunk by chunk; seq is drawn only for new rows, in key order */
 	stored = palloc0(n * sizeof(bool));
 	for (int k = 0; k < n; k++)
 	{
-		int			i = order[k];
+		int			i = sorted[k].position;
 
-		if (!(k > 0 && SameKey(batch, i, order[k - 1])) &&
+		if (!(k > 0 && CompareKeys(&sorted[k], &sorted[k - 1]) == 0) &&
 			KeyIsNew(&target, batch->topics[i], batch->event_ids[i]))
 		{
 			if (nchunk == nslots)
@@ -497,10 +529,11 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 	counts->stored_total = nstored;
 	for (int k = 0; k < n; k++)
 	{
-		int			i = order[k];
+		int			i = sorted[k].position;
 		int			t = counts->ntopics - 1;
 
-		if (t < 0 || AggrCompareText(batch->topics[i], counts->topics[t]) != 0)
+		if (k == 0 || CompareBytes(sorted[k].topic, sorted[k].topic_len,
+								   sorted[k - 1].topic, sorted[k - 1].topic_len) != 0)
 		{
 			t = counts->ntopics++;
 			counts->topics[t] = batch->topics[i];

@@ -685,7 +685,8 @@ static bool
 IsCounterKey(const char *key)
 {
 	static const char *const counters[] = {
-		"received", "unique_processed", "duplicate_dropped", "expired", "rejected"
+		"received", "unique_processed", "duplicate_dropped", "expired", "rejected",
+		"bulk_fallback_events"
 	};
 
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
