@@ -509,6 +509,7 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 		}
 		if (nchunk == BULK_CHUNK_ROWS || (k == n - 1 && nchunk > 0))
 		{
+			CHECK_FOR_INTERRUPTS();
 			EndProbe(&target);
 			if (nstored == 0)
 				TestPause();
