@@ -195,6 +195,14 @@ DefaultsUnsafeReason(Relation rel, const AttrNumber *columns, ExprState **defaul
 		if (filled || att->attisdropped)
 			continue;
 		expr = (Expr *) build_column_default(rel, a + 1);
+
+		/*
+		 * The statement evaluates defaults for every event, duplicates too,
+		 * this path only for new ones: a volatile default (but seq's
+		 * identity, whose values only order events) would get other values.
+		 */
+		if (expr != NULL && att->attidentity == '\0' && contain_volatile_functions((Node *) expr))
+			return "a column of aggr.events has a volatile default";
 		if (expr != NULL)
 			defaults[a] = ExecInitExpr(expression_planner(expr), NULL);
 
@@ -206,6 +214,16 @@ DefaultsUnsafeReason(Relation rel, const AttrNumber *columns, ExprState **defaul
 			return "a column of aggr.events that events do not fill has no default";
 	}
 	return NULL;
+}
+
+/*
+ * Step 1 sorts and deduplicates keys byte by byte: equal keys must be equal
+ * bytes, as in a deterministic collation.
+ */
+static bool
+KeyCollationIsBytewise(Oid collation)
+{
+	return OidIsValid(collation) && get_collation_isdeterministic(collation);
 }
 
 /*
@@ -227,6 +245,8 @@ IndexUnsafeReason(ResultRelInfo *rri, const AttrNumber *columns, int *key)
 			return "aggr.events has an exclusion constraint";
 		if (index->indisprimary && index->indimmediate && index->indisvalid &&
 			index->indnkeyatts == 2 &&
+			KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[0]) &&
+			KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[1]) &&
 			index->indkey.values[0] == columns[0] && index->indkey.values[1] == columns[1] &&
 			info->ii_Expressions == NIL && info->ii_Predicate == NIL)
 			*key = i;
@@ -402,8 +422,9 @@ FormRow(BulkTarget *target, const AggrBatch *batch, int i, TupleTableSlot *slot)
 		slot->tts_isnull[columns[c] - 1] = false;
 	for (int a = 0; a < desc->natts; a++)
 		if (target->defaults[a] != NULL)
-			slot->tts_values[a] = ExecEvalExpr(target->defaults[a], target->defaults_context,
-											   &slot->tts_isnull[a]);
+			slot->tts_values[a] = ExecEvalExprSwitchContext(target->defaults[a],
+															target->defaults_context,
+															&slot->tts_isnull[a]);
 	ExecStoreVirtualTuple(slot);
 	if (desc->constr != NULL)
 		ExecConstraints(target->rri, slot, target->estate);
@@ -456,8 +477,11 @@ InsertRows(BulkTarget *target, TupleTableSlot **slots, int n)
 {
 	ResultRelInfo *rri = target->rri;
 	int			key = -1;
+	MemoryContext caller = MemoryContextSwitchTo(GetPerTupleMemoryContext(target->estate));
 
+	/* what it allocates lasts until the chunk's reset, as in COPY */
 	table_multi_insert(target->rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+	MemoryContextSwitchTo(caller);
 	for (int i = 0; i < rri->ri_NumIndices; i++)
 		if (rri->ri_IndexRelationDescs[i] == target->key_index)
 			key = i;
@@ -537,6 +561,7 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 	{
 		int			i = sorted[k].position;
 
+		CHECK_FOR_INTERRUPTS();
 		if (!(k > 0 && CompareKeys(&sorted[k], &sorted[k - 1]) == 0) &&
 			KeyIsNew(&target, batch->topics[i], batch->event_ids[i]))
 		{
@@ -548,7 +573,6 @@ AggrBulkIngest(const AggrBatch *batch, AggrBulkCounts *counts, const char **reas
 		}
 		if (nchunk == BULK_CHUNK_ROWS || (k == n - 1 && nchunk > 0))
 		{
-			CHECK_FOR_INTERRUPTS();
 			EndProbe(&target);
 			if (nstored == 0)
 				TestPause();

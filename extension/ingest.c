@@ -367,6 +367,7 @@ RunIngestCall(void *arg)
 	AggrBulkCounts counts;
 	const char *reason = NULL;
 
+	call->in_bulk = false;
 	if (call->bulk)
 	{
 		bool		stored;

@@ -97,6 +97,10 @@ ALTER TABLE aggr.events ALTER COLUMN note DROP DEFAULT;
 SELECT aggr_ingest(pg_temp.batch('six', 'a/1'));
 \set VERBOSITY default
 ALTER TABLE aggr.events DROP COLUMN note;
+-- a volatile default: the statement draws it for duplicates too
+ALTER TABLE aggr.events ADD COLUMN drawn double precision DEFAULT random();
+SELECT aggr_ingest(pg_temp.batch('volatile', 'a/1', 'v/1')) AS with_volatile_default;
+ALTER TABLE aggr.events DROP COLUMN drawn;
 -- a unique index besides the key
 CREATE UNIQUE INDEX events_seq_unique ON aggr.events (seq);
 SELECT aggr_ingest(pg_temp.batch('unique', 'o/1', 'a/1')) AS with_unique_index;
