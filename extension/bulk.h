@@ -29,7 +29,8 @@
  * The path is taken only where it is exactly the statement's equivalent.
  * What rules it out (a trigger, rule, CHECK constraint, generated column,
  * exclusion constraint or second unique index on aggr.events, row
- * security, a changed key or column, a REPEATABLE READ snapshot) is named
+ * security, a changed key or column, a volatile default, a REPEATABLE
+ * READ snapshot) is named
  * to the caller, which then uses the statement; aggr.counters counts the
  * events the statement receives (bulk_fallback).
  */
