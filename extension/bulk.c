@@ -50,7 +50,13 @@ static const struct
 	{"payload", JSONBOID},
 };
 
-static int	CompareBytes(const char *x, int lx, const char *y, int ly);
+static int
+CompareBytes(const char *x, int lx, const char *y, int ly)
+{
+	int			c = memcmp(x, y, Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
 
 int
 AggrCompareText(Datum a, Datum b)
@@ -70,14 +76,6 @@ typedef struct SortedEvent
 	int			event_id_len;
 	int			position;		/* in the batch */
 } SortedEvent;
-
-static int
-CompareBytes(const char *x, int lx, const char *y, int ly)
-{
-	int			c = memcmp(x, y, Min(lx, ly));
-
-	return c != 0 ? c : (lx > ly) - (lx < ly);
-}
 
 static int
 CompareKeys(const SortedEvent *x, const SortedEvent *y)

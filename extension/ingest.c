@@ -154,7 +154,24 @@ CompareTopics(const void *a, const void *b)
 	return AggrCompareText(*(const Datum *) a, *(const Datum *) b);
 }
 
-/* $7 and $8 of ingest_distributed_sql: each topic once, in "C" order, and its count. */
+/* Statement parameters: arrays of n text (or jsonb) and int8 Datums. */
+static Datum
+VarlenaArray(Datum *elements, int n, Oid type)
+{
+	return PointerGetDatum(construct_array(elements, n, type, -1, false, TYPALIGN_INT));
+}
+
+static Datum
+Int8Array(Datum *elements, int n)
+{
+	return PointerGetDatum(construct_array(elements, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Each topic of the batch once, in "C" order, and its count: $7 and $8 of
+ * ingest_distributed_sql, and what CountFallback adds up.
+ */
 static void
 CountTopics(const AggrBatch *batch, Datum *topics_array, Datum *counts_array)
 {
@@ -175,14 +192,16 @@ CountTopics(const AggrBatch *batch, Datum *topics_array, Datum *counts_array)
 			counts[ntopics++] = Int64GetDatum(1);
 		}
 	}
-	*topics_array = PointerGetDatum(construct_array(topics, ntopics, TEXTOID, -1, false, TYPALIGN_INT));
-	*counts_array = PointerGetDatum(construct_array(counts, ntopics, INT8OID, sizeof(int64),
-													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	*topics_array = VarlenaArray(topics, ntopics, TEXTOID);
+	*counts_array = Int8Array(counts, ntopics);
 }
 
-/* Runs the ingest statement once; returns how many events were stored. */
+/*
+ * Runs the ingest statement once; returns how many events were stored.
+ * topics, counts: CountTopics' arrays of the batch.
+ */
 static int64
-RunIngestStatement(const AggrBatch *batch)
+RunIngestStatement(const AggrBatch *batch, Datum topics, Datum counts)
 {
 	static Oid	argtypes[8] = {TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 	TEXTARRAYOID, JSONBARRAYOID, INT2OID, TEXTARRAYOID, INT8ARRAYOID};
@@ -193,21 +212,20 @@ RunIngestStatement(const AggrBatch *batch)
 	int			ret;
 	SPIPlanPtr	plan;
 
-	values[0] = PointerGetDatum(construct_array(batch->topics, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[1] = PointerGetDatum(construct_array(batch->event_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[0] = VarlenaArray(batch->topics, n, TEXTOID);
+	values[1] = VarlenaArray(batch->event_ids, n, TEXTOID);
 	values[2] = PointerGetDatum(construct_array(batch->timestamps, n, TIMESTAMPTZOID,
 												sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[3] = PointerGetDatum(construct_array(batch->sources, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(batch->payloads, n, JSONBOID, -1, false, TYPALIGN_INT));
+	values[3] = VarlenaArray(batch->sources, n, TEXTOID);
+	values[4] = VarlenaArray(batch->payloads, n, JSONBOID);
 	values[5] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
+	values[6] = topics;
+	values[7] = counts;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (AggrCitusRoleNow().distributed)
-	{
-		CountTopics(batch, &values[6], &values[7]);
 		plan = AggrPreparedPlan(&ingest_distributed_plan, ingest_distributed_sql, 8, argtypes);
-	}
 	else
 		plan = AggrPreparedPlan(&ingest_plan, ingest_sql, 6, argtypes);
 	ret = SPI_execute_plan(plan, values, NULL, false, 0);
@@ -284,12 +302,9 @@ CountBulkBatch(const AggrBulkCounts *counts)
 		received[t] = Int64GetDatum(counts->received[t]);
 		stored[t] = Int64GetDatum(counts->stored[t]);
 	}
-	values[0] = PointerGetDatum(construct_array(counts->topics, counts->ntopics, TEXTOID,
-												-1, false, TYPALIGN_INT));
-	values[1] = PointerGetDatum(construct_array(received, counts->ntopics, INT8OID,
-												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[2] = PointerGetDatum(construct_array(stored, counts->ntopics, INT8OID,
-												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[0] = VarlenaArray(counts->topics, counts->ntopics, TEXTOID);
+	values[1] = Int8Array(received, counts->ntopics);
+	values[2] = Int8Array(stored, counts->ntopics);
 	values[3] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -315,15 +330,14 @@ static const char *const fallback_counters_sql =
 static SPIPlanPtr fallback_counters_plan = NULL;
 
 static void
-CountFallback(const AggrBatch *batch)
+CountFallback(Datum topics, Datum counts)
 {
 	static Oid	argtypes[3] = {TEXTARRAYOID, INT8ARRAYOID, INT2OID};
-	Datum		values[3];
+	Datum		values[3] = {topics, counts};
 	Oid			counters = get_relname_relid("counters", get_namespace_oid("aggr", false));
 
 	if (get_attnum(counters, "bulk_fallback") == InvalidAttrNumber)
 		return;
-	CountTopics(batch, &values[0], &values[1]);
 	values[2] = Int16GetDatum(AGGR_MY_BACKEND_NUMBER % AGGR_COUNTER_SHARDS);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -366,6 +380,8 @@ RunIngestCall(void *arg)
 	IngestCall *call = arg;
 	AggrBulkCounts counts;
 	const char *reason = NULL;
+	Datum		topics_array;
+	Datum		counts_array;
 
 	call->in_bulk = false;
 	if (call->bulk)
@@ -388,8 +404,9 @@ RunIngestCall(void *arg)
 		}
 		LogFallback(reason);
 	}
-	call->stored = RunIngestStatement(call->batch);
-	CountFallback(call->batch);
+	CountTopics(call->batch, &topics_array, &counts_array);
+	call->stored = RunIngestStatement(call->batch, topics_array, counts_array);
+	CountFallback(topics_array, counts_array);
 }
 
 /*
@@ -423,7 +440,6 @@ AggrIngestBatch(const AggrBatch *batch, AggrIngestResult *result)
 		if (call.in_bulk && error->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
 			strcmp(error->message, AGGR_BULK_CONFLICT) == 0)
 		{
-			call.in_bulk = false;
 			call.bulk = ++bulk_conflicts < AGGR_BULK_ATTEMPTS;
 			ereport(DEBUG1,
 					(errmsg("aggr: a batch of %d events again, by the %s: %s", batch->nevents,
