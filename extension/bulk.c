@@ -241,19 +241,23 @@ IndexUnsafeReason(ResultRelInfo *rri, const AttrNumber *columns, int *key)
 		/* checked after the insert, which step 3 does not do */
 		if (info->ii_ExclusionOps != NULL)
 			return "aggr.events has an exclusion constraint";
-		if (index->indisprimary && index->indimmediate && index->indisvalid &&
-			index->indnkeyatts == 2 &&
-			KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[0]) &&
-			KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[1]) &&
-			index->indkey.values[0] == columns[0] && index->indkey.values[1] == columns[1] &&
-			info->ii_Expressions == NIL && info->ii_Predicate == NIL)
+		if (index->indisprimary)
+		{
+			if (!index->indimmediate || !index->indisvalid || index->indnkeyatts != 2 ||
+				index->indkey.values[0] != columns[0] || index->indkey.values[1] != columns[1] ||
+				info->ii_Expressions != NIL || info->ii_Predicate != NIL)
+				return "aggr.events' primary key is not (topic, event_id), immediate";
+			if (!KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[0]) ||
+				!KeyCollationIsBytewise(rri->ri_IndexRelationDescs[i]->rd_indcollation[1]))
+				return "aggr.events' key is in a nondeterministic collation";
 			*key = i;
+		}
 
 		/* step 2 reads the primary key only */
 		else if (index->indisunique)
 			return "aggr.events has a unique index besides its primary key";
 	}
-	return *key >= 0 ? NULL : "aggr.events' primary key is not (topic, event_id)";
+	return *key >= 0 ? NULL : "aggr.events has no primary key";
 }
 
 /* Why this transaction cannot take the bulk path, or NULL. */

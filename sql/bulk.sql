@@ -49,11 +49,14 @@ ALTER TABLE aggr.events ADD COLUMN note text NOT NULL DEFAULT 'none';
 SELECT aggr_ingest(pg_temp.batch('five', 'g/1')) AS with_column;
 SELECT event_id, note FROM aggr.events WHERE topic = 'g';
 SELECT * FROM pg_temp.agrees();
--- chunks: 120 events, 100 keys, across three chunks of the bulk path
-SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'n' || (i % 2), 'event_id', (i % 100)::text,
+-- chunks: 130 events, 120 keys, in chunks of 50, 50 and 20 new rows; seq in key order
+SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'n' || (i % 2), 'event_id', (i % 120)::text,
                                                 'timestamp', 0, 'source', 'chunks')))
-FROM generate_series(1, 120) i;
-SELECT count(*), count(DISTINCT seq), min(seq) > 0 AS seq_ok FROM aggr.events WHERE source = 'chunks';
+FROM generate_series(1, 130) i;
+SELECT count(*), count(DISTINCT seq),
+       bool_and(seq > coalesce(previous, 0)) AS seq_in_key_order
+FROM (SELECT seq, lag(seq) OVER (ORDER BY topic, event_id) AS previous
+      FROM aggr.events WHERE source = 'chunks') s;
 SELECT * FROM pg_temp.agrees();
 -- an index a user adds gets every row it covers (here an expression and a predicate)
 CREATE INDEX events_source_idx ON aggr.events (upper(source)) WHERE topic = 'h';

@@ -75,12 +75,14 @@ $$;
 
 CREATE EXTENSION aggr VERSION '0.1';
 -- the library of this version ingests into the old schema, before the
--- update, by the bulk path and by the statement
+-- update, by the bulk path (no LOG line: no fallback) and by the statement
+SET client_min_messages = log;
 SELECT aggr_ingest('[{"topic": "u", "event_id": "1", "timestamp": 0, "source": "s"},
                      {"topic": "u", "event_id": "1", "timestamp": 0, "source": "s"}]');
 SET aggr.bulk_ingest = off;
 SELECT aggr_ingest('[{"topic": "u", "event_id": "2", "timestamp": 0, "source": "s"}]');
 RESET aggr.bulk_ingest;
+RESET client_min_messages;
 CREATE ROLE regress_aggr_upgrade;
 GRANT EXECUTE ON FUNCTION aggr_health() TO regress_aggr_upgrade;
 ALTER EXTENSION aggr UPDATE;

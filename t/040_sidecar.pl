@@ -308,6 +308,7 @@ is_deeply(json(http($port, 'GET', '/events?topic=orders')), [], 'expired: gone f
 $r = http($port, 'GET', '/metrics');
 like($r->{body}, qr/^aggr_expired_total $st->{expired}$/m, 'metrics: expired');
 like($r->{body}, qr/^aggr_bulk_fallback_events_total $st->{bulk_fallback_events}$/m, 'metrics: events that took the INSERT statement');
+like($r->{body}, qr/^# TYPE aggr_bulk_fallback_events_total counter$/m, 'metrics: which is a counter');
 like($r->{body}, qr/^# TYPE aggr_topic_expired_total counter$/m, 'metrics: per-topic expired is a counter');
 like($r->{body}, qr/^aggr_topic_expired_total\{topic="orders"\} 6$/m, 'metrics: expired per topic');
 like($r->{body}, qr/^aggr_topic_events\{topic="orders"\} 6$/m, 'metrics: per-topic count unchanged');

@@ -85,7 +85,11 @@ for my $index (qw(events_pkey events_seq_idx events_topic_seq_idx))
     ok($ret == 0 && $stderr eq '', "amcheck finds $index sound, with every row") or diag($stderr);
 }
 is(sql(q{SELECT count(*) FROM verify_heapam('aggr.events')}), 0, 'verify_heapam finds aggr.events sound');
+# each acknowledged batch counted once, and at most the one batch in flight
+# per writer besides (committed, its answer lost in the crash)
 my $s = check_invariants($node, 'after recovery');
+cmp_ok($s->{received}, '>=', 500 * @acked, 'received counts every acknowledged batch');
+cmp_ok($s->{received}, '<=', 500 * (@acked + 2), 'and no batch twice');
 cmp_ok($s->{bulk_fallback_events}, '<', $s->{received} / 2,
     "most batches took the bulk path ($s->{bulk_fallback_events} of $s->{received} events did not)");
 
@@ -94,6 +98,9 @@ my $before = sql('SELECT count(*) FROM aggr.events');
 my $again  = join('', map { batch_sql($_, 'again') } @acked[ 0 .. 9 ]);
 $node->safe_psql('postgres', $again);
 is(sql('SELECT count(*) FROM aggr.events'), $before, 'acknowledged batches sent again are duplicates');
+my $after = check_invariants($node, 'after sending them again');
+is_deeply([ $after->{received} - $s->{received}, $after->{duplicate_dropped} - $s->{duplicate_dropped} ],
+    [ 5000, 5000 ], 'counted as 5,000 received, 5,000 duplicates');
 sql(batch_sql($batches + 10, 'after'));    # past every key sent so far
 is(sql("SELECT count(*) FROM aggr.events WHERE source = 'after'"), 500, 'new events after recovery are stored');
 check_invariants($node, 'after more ingest');
