@@ -274,40 +274,27 @@ echo "=== Broker: consumers draining a pre-filled queue; publish until drained"
 pg_restart_broker 4 "$pg_settings
 aggr.queue_maxsize = 2000000"
 check_settings
-# one redis-cli call: the poll must be short next to a run of 20,000 events
-queue_empty() {
-    [ "$(redis-cli -p "$AGGR_REDIS_PORT" EVAL "return redis.call('LLEN', KEYS[1]) +
-        #redis.call('KEYS', KEYS[1] .. ':processing:*')" 1 aggregator:events)" = 0 ]
-}
-# private memory of the consumers (RssAnon: shared buffers they touch are
-# PostgreSQL's, not theirs), summed, the largest seen while draining; their
-# pids are read once per run, not at every poll
-worker_pids=""
-worker_private_kb() {
-    local files=() pid
-    for pid in $worker_pids; do files+=("/proc/$pid/status"); done
-    awk '/RssAnon/ { total += $2 } END { print total + 0 }' "${files[@]}" 2>/dev/null || echo 0
-}
-# polls every 10 ms, reads the consumers' memory every 100 ms
+# polls the queue every 10 ms over one connection, reads the consumers'
+# private memory (RssAnon: shared buffers they touch are PostgreSQL's, not
+# theirs) every 100 ms, and raises worker_peak to the largest sum seen;
+# the pids are read before a run starts
+consumer_pids() { sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'"; }
 wait_drained() {
-    local kb polls=0
-    worker_pids=$(sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'aggr consumer'")
-    until queue_empty; do
-        if (( polls++ % 10 == 0 )); then
-            kb=$(worker_private_kb)
-            [ "$kb" -gt "$worker_peak" ] && worker_peak=$kb
-        fi
-        sleep 0.01
-    done
+    local kb
+    # shellcheck disable=SC2086
+    kb=$(perl "$src/bench/drained.pl" "$AGGR_REDIS_PORT" aggregator:events $pids)
+    [ "$kb" -gt "$worker_peak" ] && worker_peak=$kb
+    return 0
 }
 # one drain of a pre-filled queue of n events: appends its events/s to
 # drains (not in a subshell: wait_drained raises worker_peak)
 drain_run() {
-    local n=$1 t0 t1
+    local n=$1 t0 t1 pids
     sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null   # as the SQL runs: no checkpoint of an earlier run inside this one
     redis-cli -p "$AGGR_REDIS_PORT" DEL bench:staging >/dev/null
     "$publisher" --via "redis://127.0.0.1:$AGGR_REDIS_PORT" --queue-key bench:staging \
         --events "$n" --quiet >/dev/null
+    pids=$(consumer_pids)
     t0=$(date +%s.%N)
     redis-cli -p "$AGGR_REDIS_PORT" RENAME bench:staging aggregator:events >/dev/null
     wait_drained
@@ -318,9 +305,10 @@ drain_run() {
 # one publish of n events through the sidecar until drained: appends
 # "events/s p50 p99 sidecar-peak-rss-kb" to publishes
 publish_run() {
-    local n=$1 t0 t1 summary
+    local n=$1 t0 t1 summary pids
     sql -c "TRUNCATE aggr.events, aggr.counters; CHECKPOINT" >/dev/null
     sidecar_start --threads 2
+    pids=$(consumer_pids)
     t0=$(date +%s.%N)
     summary=$("$publisher" --url "http://127.0.0.1:$AGGR_HTTP_PORT" --events "$n" --concurrency 2 --json --quiet)
     wait_drained
