@@ -3,6 +3,7 @@
 # meets all of it:
 #   0. small elements ahead of 1 MB ones: Redis copies little more than a
 #      batch; an envelope of aggr larger than a lowered limit is kept whole;
+#      envelopes that fill a batch each are copied one per take;
 #   1. three 400 MB invalid elements, then normal events: the big ones are
 #      dead-lettered by size and first bytes, the rest stored;
 #   2. 130 events of 8 MB through aggr_publish: all stored, in batches that
@@ -129,6 +130,24 @@ sub drained
         'wide envelope: an envelope and a single event of aggr larger than a lowered aggr.batch_bytes are stored whole');
     sql('ALTER SYSTEM RESET aggr.batch_bytes');
     sql('SELECT pg_reload_conf()');
+
+    # envelopes of a full batch each (aggr.batch_size 500): a take copies
+    # the one it keeps (one SORT ... STORE), not as many of them as
+    # aggr.batch_bytes would hold (doubling: 1, 2, 4, ... of them)
+    $release = hold_consumer('h0c');
+    my $pad = ', "payload": {"pad": "' . ('p' x 2000) . '"}';
+    for my $k (1 .. 24)
+    {
+        publish($node, '[' . join(',', map { event('full', "$k-$_", $pad) } 1 .. 500) . ']');
+    }
+    $total{received} += 12000;
+    $total{unique}   += 12000;
+    redis_cmd($redis, 'CONFIG', 'RESETSTAT');
+    $release->();
+    drained('full envelopes');
+    my ($copies) = redis_cmd($redis, 'INFO', 'commandstats') =~ /cmdstat_sort:calls=(\d+)/;
+    cmp_ok($copies // 0, '<=', 30, "full envelopes: 24 envelopes of 500 events taken with $copies copies, one per take");
+    is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'full'}), 12000, 'full envelopes: all stored');
 }
 
 # 1. three 400 MB invalid elements, then normal events, in one take

@@ -28,7 +28,9 @@
 -- more for rounding, plus 4 kB): a lowered aggr.batch_bytes never cuts what
 -- aggr accepted under the old one.  The batch grows from the head by doubling, so a
 -- take copies what it keeps plus the doubling step that did not fit (Redis
--- cannot measure an element without copying it).
+-- cannot measure an element without copying it).  While envelopes wait, the
+-- head elements are first read one by one to count their events, and the
+-- doubling stops at the elements that hold 'most events'.
 --
 -- Every read that can fail (a key of the wrong type, a command the ACL does
 -- not allow) comes before the first write, so a failing take changes
@@ -91,11 +93,10 @@ if token then
 end
 
 -- The events an element holds: a registered envelope's count, else 1.
--- An id is claimed once; a copy of a claimed envelope is just an element.
-local claimed = {}
-local function event_count(element)
+-- An id counts once; a copy of an envelope already counted is just an element.
+local function event_count(element, counted)
   local id = string.match(element, '^{"aggr_envelope":"(%x+)"')
-  if id == nil or claimed[id] then
+  if id == nil or counted[id] then
     return 1, nil
   end
   local n = tonumber(redis.call('HGET', registry, id))
@@ -103,6 +104,28 @@ local function event_count(element)
     return 1, nil
   end
   return n, id
+end
+
+-- The head elements a batch of most_events may take (at most 'most'), read
+-- one by one: their event counts and envelope ids.  The first is taken
+-- whatever it holds.
+local function head_counts(most)
+  local counts, ids, counted, events = {}, {}, {}, 0
+  for i = 0, most - 1 do
+    local n, id = event_count(redis.call('LINDEX', queue, i) or '', counted)
+    if i > 0 and events + n > most_events then
+      break
+    end
+    counts[i + 1], ids[i + 1] = n, id
+    if id then
+      counted[id] = true
+    end
+    events = events + n
+    if events >= most_events then
+      break
+    end
+  end
+  return counts, ids
 end
 
 local function measure()
@@ -116,7 +139,6 @@ end
 
 local extra_taken = 0
 local function claim(id, n)
-  claimed[id] = true
   redis.call('HDEL', registry, id)
   redis.call('HSET', batch, 'envelope:' .. id, n)
   extra_taken = extra_taken + n - 1
@@ -124,6 +146,14 @@ end
 
 if have == 0 and move and waiting > 0 then
   local most = math.min(most_events, waiting)
+  local counts, ids
+  if registered > 0 then
+    -- envelopes of aggr may be among them: how many elements hold
+    -- most_events is known before anything is copied (an envelope of 500
+    -- events is one element; doubling up to 500 of them copied megabytes)
+    counts, ids = head_counts(most)
+    most = #counts
+  end
   local take = 1
   local bytes = copy(1)
   if bytes <= most_bytes then
@@ -149,27 +179,12 @@ if have == 0 and move and waiting > 0 then
     element = nil
     collectgarbage('collect')
   end
-  if registered > 0 then
-    -- envelopes of aggr may be among them: count events element by element
-    local events, kept = 0, 0
-    for i = 0, take - 1 do
-      local n, id = event_count(redis.call('LINDEX', processing, i) or '')
-      if kept > 0 and events + n > most_events then
-        break
-      end
-      kept = kept + 1
-      events = events + n
-      if id then
-        claim(id, n)
-      end
-      if events >= most_events then
-        break
+  if counts and redis.call('EXISTS', processing) == 1 then
+    for i = 1, take do
+      if ids[i] then
+        claim(ids[i], counts[i])
       end
     end
-    if kept < take and redis.call('EXISTS', processing) == 1 then
-      redis.call('LTRIM', processing, 0, kept - 1)
-    end
-    take = kept
   end
   redis.call('LTRIM', queue, take, -1)
   waiting = waiting - take
