@@ -68,6 +68,7 @@ typedef struct RingEvent
 {
 	int64_t		seq;
 	char	   *topic;
+	uint64_t	topic_hash;		/* TopicHash(topic) */
 	char	   *frame;			/* "id: ...\ndata: ...\n\n" */
 	size_t		frame_len;
 } RingEvent;
@@ -78,6 +79,7 @@ typedef struct Stream
 	struct Stream *prev;
 	struct MHD_Connection *conn;
 	char	   *topic;			/* NULL: every topic */
+	uint64_t	topic_hash;
 	int64_t		pos;
 	int64_t		served_us;		/* last asked for more (Refill), or was woken */
 	unsigned	fetch_pass;		/* the hub pass that read its last page */
@@ -147,6 +149,21 @@ RingDropOldest(void)
 	hub.count--;
 }
 
+/*
+ * FNV-1a: every subscriber looks at every event in the ring, so a topic is
+ * compared as a number first (a strcmp per event and subscriber took a
+ * fifth of the sidecar's CPU with 200 subscribers on 10 topics).
+ */
+static uint64_t
+TopicHash(const char *topic)
+{
+	uint64_t	h = 14695981039346656037ULL;
+
+	for (const unsigned char *p = (const unsigned char *) topic; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
 static void
 RingAppend(int64_t seq, const char *topic, const char *json, size_t json_len)
 {
@@ -163,6 +180,7 @@ RingAppend(int64_t seq, const char *topic, const char *json, size_t json_len)
 	e = RingAt(hub.count);
 	e->seq = seq;
 	e->topic = AggrStrdup(topic);
+	e->topic_hash = TopicHash(topic);
 	e->frame = frame.data;
 	e->frame_len = frame.len;
 	hub.count++;
@@ -190,9 +208,10 @@ RingFirstAfter(int64_t seq)
 }
 
 static bool
-TopicMatches(const Stream *s, const char *topic)
+TopicMatches(const Stream *s, const RingEvent *e)
 {
-	return s->topic == NULL || strcmp(s->topic, topic) == 0;
+	return s->topic == NULL ||
+		(s->topic_hash == e->topic_hash && strcmp(s->topic, e->topic) == 0);
 }
 
 /* ---- one subscriber (hub.lock held) ---- */
@@ -223,7 +242,7 @@ FillFromRing(Stream *s, size_t max)
 
 		if (s->out.len - before >= max)
 			return true;
-		if (TopicMatches(s, e->topic))
+		if (TopicMatches(s, e))
 			AggrBufAppend(&s->out, e->frame, e->frame_len);
 		s->pos = e->seq;
 	}
@@ -403,6 +422,7 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	s->conn = conn;
 	SmallSendBuffer(conn);
 	s->topic = topic ? AggrStrdup(topic) : NULL;
+	s->topic_hash = topic ? TopicHash(topic) : 0;
 	s->pos = after >= 0 ? after : hub.cursor;
 	s->catching_up = s->pos < hub.floor;
 	s->served_us = AggrNowUs();
@@ -502,7 +522,7 @@ PickForNews(Stream *s, void *arg)
 	if (s->suspended && s->pos < hub.floor)
 		return true;
 	for (size_t i = RingFirstAfter(before); i < hub.count; i++)
-		if (TopicMatches(s, RingAt(i)->topic))
+		if (TopicMatches(s, RingAt(i)))
 			return true;
 	/* nothing for it: it has seen everything up to the cursor */
 	if (s->suspended && s->pos >= before && s->pos < hub.cursor)
