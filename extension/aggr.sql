@@ -248,6 +248,15 @@ $$;
 COMMENT ON FUNCTION aggr_events(text, integer, bigint) IS
     'aggr: stored events oldest first, optionally of one topic, after the seq of the previous page, never past a later commit';
 
+-- The JSON of an event as GET /events and GET /events/stream show it (the
+-- sidecar renders its pages with it).  It only formats the row it is given,
+-- so everyone may call it.
+CREATE FUNCTION aggr_event_json(event aggr.events) RETURNS text
+    LANGUAGE C STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'aggr_event_json';
+COMMENT ON FUNCTION aggr_event_json(aggr.events) IS
+    'aggr: an event as JSON, as GET /events shows it: topic, event_id, timestamp, source, payload, ingested_at';
+
 CREATE FUNCTION aggr_stats() RETURNS jsonb
     LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp

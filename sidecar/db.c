@@ -49,7 +49,24 @@ typedef struct StmtDef
 	const char *sql;
 	int			nparams;
 	Oid			types[4];
+	const char *portable_sql;	/* for an older extension, or NULL */
 } StmtDef;
+
+/*
+ * A page of at most $2 events and about $4 bytes (always one event): the
+ * events whose text starts before $4 bytes of the page.  Columns: the JSON
+ * array, the last seq in it, how many, and whether more may follow (the
+ * page is full by count, or was cut by bytes).
+ */
+#define EVENTS_PAGE_SQL(event_json) \
+	"WITH page AS (SELECT e.seq, " event_json " AS j " \
+	"FROM aggr_events($1, $2, $3) AS e), " \
+	"sized AS (SELECT seq, j, sum(octet_length(j) + 1) OVER (ORDER BY seq) " \
+	"- octet_length(j) - 1 AS before FROM page) " \
+	"SELECT '[' || coalesce(string_agg(j, ',' ORDER BY seq) FILTER (WHERE before < $4), '') || ']', " \
+	"max(seq) FILTER (WHERE before < $4), count(*) FILTER (WHERE before < $4), " \
+	"count(*) = $2 OR coalesce(bool_or(before >= $4), false) " \
+	"FROM sized"
 
 /*
  * The SQL the sidecar runs.  Results are rendered by PostgreSQL; the
@@ -63,23 +80,11 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		1, {TEXTOID}
 	},
 
-	/*
-	 * A page of at most $2 events and about $4 bytes (always one event): the
-	 * events whose text starts before $4 bytes of the page.  Columns: the
-	 * JSON array, the last seq in it, how many, and whether more may follow
-	 * (the page is full by count, or was cut by bytes).
-	 */
 	[AGGR_STMT_EVENTS] = {
 		"aggr_events",
-		"WITH page AS (SELECT e.seq, " AGGR_EVENT_JSON_SQL " AS j "
-		"FROM aggr_events($1, $2, $3) AS e), "
-		"sized AS (SELECT seq, j, sum(octet_length(j) + 1) OVER (ORDER BY seq) "
-		"- octet_length(j) - 1 AS before FROM page) "
-		"SELECT '[' || coalesce(string_agg(j, ',' ORDER BY seq) FILTER (WHERE before < $4), '') || ']', "
-		"max(seq) FILTER (WHERE before < $4), count(*) FILTER (WHERE before < $4), "
-		"count(*) = $2 OR coalesce(bool_or(before >= $4), false) "
-		"FROM sized",
-		4, {TEXTOID, INT4OID, INT8OID, INT8OID}
+		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_SQL("e")),
+		4, {TEXTOID, INT4OID, INT8OID, INT8OID},
+		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL)
 	},
 	[AGGR_STMT_PUBLISH_NDJSON] = {
 		"aggr_publish_ndjson",
@@ -168,6 +173,7 @@ typedef struct DbSlot
 {
 	PGconn	   *conn;
 	bool		prepared[AGGR_NUM_STMTS];
+	bool		portable[AGGR_NUM_STMTS];	/* prepared as portable_sql */
 	int			failures;		/* consecutive failed connects */
 	int64_t		next_attempt_us;
 	int			id;
@@ -367,6 +373,7 @@ DropConnection(DbSlot *slot)
 		PQfinish(slot->conn);
 	slot->conn = NULL;
 	memset(slot->prepared, 0, sizeof(slot->prepared));
+	memset(slot->portable, 0, sizeof(slot->portable));
 }
 
 /* server notices and warnings become JSON log lines, not raw stderr */
@@ -496,8 +503,9 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 	bool		sent;
 
 	if (!slot->prepared[stmt])
-		sent = PQsendPrepare(slot->conn, def->name, def->sql, def->nparams,
-							 def->types);
+		sent = PQsendPrepare(slot->conn, def->name,
+							 slot->portable[stmt] ? def->portable_sql : def->sql,
+							 def->nparams, def->types);
 	else
 		sent = PQsendQueryPrepared(slot->conn, def->name, def->nparams,
 								   values, lengths, formats, 0);
@@ -549,11 +557,24 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 			/* a fresh connection is worth trying at once */
 			slot->next_attempt_us = 0;
 		}
+		else if (!slot->prepared[stmt] && def->portable_sql && !slot->portable[stmt] &&
+				 strcmp(state, AGGR_UNDEFINED_FUNCTION) == 0)
+		{
+			/* an older extension: prepare the portable form */
+			PQclear(res);
+			slot->portable[stmt] = true;
+			return ExecOnce(slot, stmt, values, lengths, formats, err);
+		}
 		else
+		{
 			SetError(err, state,
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY),
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL),
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+			/* no extension at all: the next try starts again from sql */
+			if (!slot->prepared[stmt])
+				slot->portable[stmt] = false;
+		}
 		PQclear(res);
 		return NULL;
 	}

@@ -63,11 +63,19 @@ extern void AggrLog(const char *level, const char *fmt,...)
 extern void AggrLogV(const char *level, const char *fmt, va_list ap);
 extern bool aggr_log_muted;
 
-/* an event as GET /events and the event stream answer it, from aggr_events() AS e */
-#define AGGR_EVENT_JSON_SQL \
+/*
+ * An event as GET /events and the event stream answer it: the row given to
+ * aggr_event_json() (aggr 0.7), or, where the extension is older (the
+ * statement's preparation fails with 42883), the same JSON by
+ * json_build_object from aggr_events() AS e, which costs the server half as
+ * much again.
+ */
+#define AGGR_EVENT_JSON_SQL(row) "aggr_event_json(" row ")"
+#define AGGR_EVENT_JSON_PORTABLE_SQL \
 	"json_build_object('topic', e.topic, 'event_id', e.event_id, " \
 	"'timestamp', e.\"timestamp\", 'source', e.source, " \
 	"'payload', e.payload, 'ingested_at', e.ingested_at)::text"
+#define AGGR_UNDEFINED_FUNCTION "42883"
 
 /* db.c: the statements the sidecar runs, one prepared set per thread */
 typedef enum AggrStmt

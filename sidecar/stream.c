@@ -557,15 +557,41 @@ HubDisconnect(const char *why)
  * an empty page.  upto is the watermark the page was cut at: a later one
  * may be lower (watermark.h), so the page is continued from this one.
  */
-static const char page_sql[] =
-"WITH page AS (SELECT p.upto, p.pending, e.seq, e.topic, " AGGR_EVENT_JSON_SQL " AS j "
-"FROM aggr_events_page($1, $2::integer, $3::bigint) p, LATERAL (SELECT (p.event).*) e), "
-"sized AS (SELECT seq, topic, j, sum(octet_length(j)) OVER (ORDER BY seq) "
-"- octet_length(j) AS before FROM page WHERE seq IS NOT NULL) "
-"SELECT w.upto, w.pending, (SELECT count(*) FROM sized) = $2::integer "
-"OR EXISTS (SELECT 1 FROM sized WHERE before >= $4::bigint), s.seq, s.topic, s.j "
-"FROM (SELECT upto, pending FROM page WHERE seq IS NULL) w "
-"LEFT JOIN sized s ON s.before < $4::bigint ORDER BY s.seq";
+#define PAGE_SQL(event_json) \
+"WITH page AS (SELECT p.upto, p.pending, e.seq, e.topic, " event_json " AS j " \
+"FROM aggr_events_page($1, $2::integer, $3::bigint) p, LATERAL (SELECT (p.event).*) e), " \
+"sized AS (SELECT seq, topic, j, sum(octet_length(j)) OVER (ORDER BY seq) " \
+"- octet_length(j) AS before FROM page WHERE seq IS NOT NULL) " \
+"SELECT w.upto, w.pending, (SELECT count(*) FROM sized) = $2::integer " \
+"OR EXISTS (SELECT 1 FROM sized WHERE before >= $4::bigint), s.seq, s.topic, s.j " \
+"FROM (SELECT upto, pending FROM page WHERE seq IS NULL) w " \
+"LEFT JOIN sized s ON s.before < $4::bigint ORDER BY s.seq"
+
+static const char *const page_sql[2] = {
+	PAGE_SQL(AGGR_EVENT_JSON_SQL("p.event")),
+	PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL), /* an older extension */
+};
+
+/*
+ * Prepares the page statement on the hub's connection, in the portable
+ * form where the extension has no aggr_event_json().
+ */
+static bool
+PreparePage(void)
+{
+	for (int form = 0; form < 2; form++)
+	{
+		PGresult   *res = PQprepare(hub.conn, "aggr_stream_page", page_sql[form], 4, NULL);
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		bool		undefined = state != NULL && strcmp(state, AGGR_UNDEFINED_FUNCTION) == 0;
+
+		hub.prepared = PQresultStatus(res) == PGRES_COMMAND_OK;
+		PQclear(res);
+		if (hub.prepared || !undefined)
+			break;
+	}
+	return hub.prepared;
+}
 
 static PGresult *
 ReadPage(const char *topic, int limit, size_t bytes, int64_t after)
@@ -580,14 +606,8 @@ ReadPage(const char *topic, int limit, size_t bytes, int64_t after)
 	snprintf(after_txt, sizeof(after_txt), "%" PRId64, after);
 	snprintf(bytes_txt, sizeof(bytes_txt), "%zu", bytes);
 	/* prepared once per connection: a wake-up is one execution, not a plan */
-	if (!hub.prepared)
-	{
-		res = PQprepare(hub.conn, "aggr_stream_page", page_sql, 4, NULL);
-		hub.prepared = PQresultStatus(res) == PGRES_COMMAND_OK;
-		PQclear(res);
-		if (!hub.prepared)
-			return NULL;
-	}
+	if (!hub.prepared && !PreparePage())
+		return NULL;
 	res = PQexecPrepared(hub.conn, "aggr_stream_page", 4, values, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
 	{

@@ -82,4 +82,23 @@ FROM pg_attribute
 WHERE attrelid IN ('aggr.events'::regclass, 'aggr.counters'::regclass) AND attname IN ('topic', 'event_id')
 ORDER BY 1, 2;
 
+-- aggr_event_json renders an event as json_build_object does, byte for
+-- byte (the sidecar's GET /events before 0.7): the rows stored above, and
+-- escapes, NULLs, infinities and another time zone
+SELECT count(*) AS differ FROM aggr.events e
+WHERE aggr_event_json(e) IS DISTINCT FROM
+      json_build_object('topic', e.topic, 'event_id', e.event_id, 'timestamp', e."timestamp",
+                        'source', e.source, 'payload', e.payload, 'ingested_at', e.ingested_at)::text;
+SET timezone = 'America/New_York';
+SELECT aggr_event_json(r) = json_build_object('topic', (r).topic, 'event_id', (r).event_id,
+           'timestamp', (r)."timestamp", 'source', (r).source, 'payload', (r).payload,
+           'ingested_at', (r).ingested_at)::text AS same,
+       aggr_event_json(r)
+FROM (VALUES (ROW('plain', 'id-1', '2026-01-02 03:04:05.678+00', 'src', '{"a": [1, "x"]}',
+                  '2026-07-02 03:04:06+00', 1, NULL)::aggr.events),
+             (ROW(E'q"b\\s\n\t\u0001é', E'\b\f\r', 'infinity', '',
+                  '{"k\"": "v\n", "n": 1.50, "t": true, "z": null}', '-infinity', 2, NULL)::aggr.events),
+             (ROW('nulls', 'id-3', NULL, NULL, NULL, NULL, 3, NULL)::aggr.events)) v(r);
+RESET timezone;
+SELECT aggr_event_json(NULL::aggr.events) IS NULL AS "null";
 DROP EXTENSION aggr CASCADE;

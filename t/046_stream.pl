@@ -88,6 +88,7 @@ sub sub_block
     my ($eid)   = $data =~ /"event_id" : "([^"]*)"/;
     $s->{dup}++ if $s->{ids}{$id}++;
     push @{ $s->{got} }, [ $id, $topic, $eid ];
+    push @{ $s->{data} }, $data;
     $s->{last} = $id;
 }
 
@@ -469,6 +470,40 @@ like($reset->{errors}[0] // '', qr/reset.*"resume_after":0\}/, 'its first stream
 $reset->{stay_closed} = 1;
 close($reset->{sock}) if $reset->{sock};
 stop_sidecar($sc);
+
+# an extension older than 0.7 (no aggr_event_json()): GET /events and the
+# stream render events by json_build_object, and answer what 0.7 answers
+# byte for byte
+sub stream_data
+{
+    my ($port, $topic, $want) = @_;
+    my $s = new_sub(port => $port, topic => $topic, after => 0);
+    pump([$s], sub { @{ $s->{data} // [] } >= $want }, 30);
+    $s->{stay_closed} = 1;
+    close($s->{sock}) if $s->{sock};
+    return join("\n", @{ $s->{data} // [] });
+}
+my %answers;
+for my $version ('0.6', 'current')
+{
+    $node->safe_psql('postgres', 'DROP EXTENSION aggr CASCADE');
+    $node->safe_psql('postgres',
+        'CREATE EXTENSION aggr' . ($version eq 'current' ? '' : " VERSION '$version'"));
+    $node->safe_psql('postgres', q{SELECT aggr_ingest('[
+        {"topic": "older", "event_id": "a", "timestamp": "2026-01-02T03:04:05.678Z", "source": "s", "payload": {"k": [1, "\\"x\\""]}},
+        {"topic": "older", "event_id": "b\\tc", "timestamp": 0, "source": "é", "payload": {}}]')});
+    $node->safe_psql('postgres', q{UPDATE aggr.events SET ingested_at = '2026-07-01 12:00:00+00'});
+    my $old = start_sidecar($node);
+    my $r = http($old->{port}, 'GET', '/events?topic=older');
+    is($r->{status}, 200, "extension $version: GET /events answers");
+    $answers{$version}{events} = $r->{body};
+    $answers{$version}{stream} = stream_data($old->{port}, 'older', 2);
+    stop_sidecar($old);
+}
+like($answers{'0.6'}{events}, qr/"event_id" : "b\\tc"/, 'extension 0.6: GET /events has the events');
+is($answers{current}{events}, $answers{'0.6'}{events}, 'GET /events: the same bytes from 0.6 and the current version');
+like($answers{'0.6'}{stream}, qr/"event_id" : "a".*\n.*"event_id" : "b\\tc"/, 'extension 0.6: the stream has the events');
+is($answers{current}{stream}, $answers{'0.6'}{stream}, 'the stream: the same bytes from 0.6 and the current version');
 
 # a --db that libpq cannot parse is refused without being quoted (it may
 # hold the password)
