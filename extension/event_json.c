@@ -83,6 +83,24 @@ FindColumns(EventJsonColumns *columns, TupleDesc desc, Oid type, int32 typmod)
  * A text as a JSON string, as escape_json writes it; most need no escape,
  * and are copied whole.
  */
+/* whether the columns found earlier are still there, of their types */
+static bool
+ColumnsStillFit(const EventJsonColumns *columns, TupleDesc desc)
+{
+	for (int f = 0; f < EVENT_JSON_FIELDS; f++)
+	{
+		AttrNumber	attnum = columns->attnum[f];
+		Form_pg_attribute att;
+
+		if (attnum < 1 || attnum > desc->natts)
+			return false;
+		att = TupleDescAttr(desc, attnum - 1);
+		if (att->attisdropped || att->atttypid != event_json_fields[f].type)
+			return false;
+	}
+	return true;
+}
+
 static void
 AppendJsonString(StringInfo out, Datum value)
 {
@@ -137,11 +155,12 @@ aggr_event_json(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	StringInfoData out;
 
-	if (columns == NULL || columns->type != type || columns->typmod != typmod)
+	if (columns == NULL)
+		columns = fcinfo->flinfo->fn_extra =
+			MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(EventJsonColumns));
+	if (columns->type != type || columns->typmod != typmod || !ColumnsStillFit(columns, desc))
 	{
-		if (columns == NULL)
-			columns = fcinfo->flinfo->fn_extra =
-				MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(EventJsonColumns));
+		columns->type = InvalidOid; /* until every column is found */
 		FindColumns(columns, desc, type, typmod);
 	}
 	tuple.t_len = HeapTupleHeaderGetDatumLength(row);

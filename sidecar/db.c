@@ -50,6 +50,7 @@ typedef struct StmtDef
 	int			nparams;
 	Oid			types[4];
 	const char *portable_sql;	/* for an older extension, or NULL */
+	const char *portable_name;
 } StmtDef;
 
 /*
@@ -84,7 +85,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"aggr_events",
 		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_SQL("e")),
 		4, {TEXTOID, INT4OID, INT8OID, INT8OID},
-		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL)
+		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL), "aggr_events_portable"
 	},
 	[AGGR_STMT_PUBLISH_NDJSON] = {
 		"aggr_publish_ndjson",
@@ -492,22 +493,38 @@ WaitForResult(PGconn *conn, int64_t deadline_us)
 	}
 }
 
+/*
+ * Whether a statement failed because the extension has no
+ * aggr_event_json() (older than 0.7): then the portable form serves.  A
+ * missing extension fails on aggr_events() first, in the FROM clause.
+ */
+bool
+AggrLacksEventJson(const PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+	return state != NULL && strcmp(state, "42883") == 0 &&
+		message != NULL && strstr(message, "aggr_event_json(") != NULL;
+}
+
 /* run one prepared statement once; NULL with err set on failure */
 static PGresult *
 ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 		 const int *lengths, const int *formats, AggrDbError *err)
 {
 	const StmtDef *def = &stmt_defs[stmt];
+	const char *name = slot->portable[stmt] ? def->portable_name : def->name;
 	int64_t		deadline = AggrNowUs() + (int64_t) aggr_config.db_timeout_ms * 1000;
 	PGresult   *res = NULL;
 	bool		sent;
 
 	if (!slot->prepared[stmt])
-		sent = PQsendPrepare(slot->conn, def->name,
+		sent = PQsendPrepare(slot->conn, name,
 							 slot->portable[stmt] ? def->portable_sql : def->sql,
 							 def->nparams, def->types);
 	else
-		sent = PQsendQueryPrepared(slot->conn, def->name, def->nparams,
+		sent = PQsendQueryPrepared(slot->conn, name, def->nparams,
 								   values, lengths, formats, 0);
 
 	/*
@@ -557,24 +574,22 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 			/* a fresh connection is worth trying at once */
 			slot->next_attempt_us = 0;
 		}
-		else if (!slot->prepared[stmt] && def->portable_sql && !slot->portable[stmt] &&
-				 strcmp(state, AGGR_UNDEFINED_FUNCTION) == 0)
+		else if (def->portable_sql && !slot->portable[stmt] && AggrLacksEventJson(res))
 		{
-			/* an older extension: prepare the portable form */
+			/*
+			 * an older extension (or one re-created older under this
+			 * connection): the portable form, prepared under its own name
+			 */
 			PQclear(res);
 			slot->portable[stmt] = true;
+			slot->prepared[stmt] = false;
 			return ExecOnce(slot, stmt, values, lengths, formats, err);
 		}
 		else
-		{
 			SetError(err, state,
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY),
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL),
 					 PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
-			/* no extension at all: the next try starts again from sql */
-			if (!slot->prepared[stmt])
-				slot->portable[stmt] = false;
-		}
 		PQclear(res);
 		return NULL;
 	}

@@ -65,8 +65,8 @@ extern bool aggr_log_muted;
 
 /*
  * An event as GET /events and the event stream answer it: the row given to
- * aggr_event_json() (aggr 0.7), or, where the extension is older (the
- * statement's preparation fails with 42883), the same JSON by
+ * aggr_event_json() (aggr 0.7), or, where the extension has no such function
+ * (AggrLacksEventJson of the failed preparation), the same JSON by
  * json_build_object from aggr_events() AS e, which costs the server half as
  * much again.
  */
@@ -75,7 +75,6 @@ extern bool aggr_log_muted;
 	"json_build_object('topic', e.topic, 'event_id', e.event_id, " \
 	"'timestamp', e.\"timestamp\", 'source', e.source, " \
 	"'payload', e.payload, 'ingested_at', e.ingested_at)::text"
-#define AGGR_UNDEFINED_FUNCTION "42883"
 
 /* db.c: the statements the sidecar runs, one prepared set per thread */
 typedef enum AggrStmt
@@ -127,6 +126,7 @@ extern void AggrDbErrorFree(AggrDbError *err);
 extern const AggrErrorMap *AggrSqlstateLookup(const char *sqlstate);
 extern void AggrDbErrorJson(AggrBuf *buf, const AggrDbError *err);
 extern bool AggrDbIsConnectionError(const AggrDbError *err);
+extern bool AggrLacksEventJson(const PGresult *res);
 
 /* openapi_json.c, made from openapi.json by the Makefile */
 extern const char aggr_openapi_json[];

@@ -582,12 +582,11 @@ PreparePage(void)
 	for (int form = 0; form < 2; form++)
 	{
 		PGresult   *res = PQprepare(hub.conn, "aggr_stream_page", page_sql[form], 4, NULL);
-		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		bool		undefined = state != NULL && strcmp(state, AGGR_UNDEFINED_FUNCTION) == 0;
+		bool		older = AggrLacksEventJson(res);
 
 		hub.prepared = PQresultStatus(res) == PGRES_COMMAND_OK;
 		PQclear(res);
-		if (hub.prepared || !undefined)
+		if (hub.prepared || !older)
 			break;
 	}
 	return hub.prepared;

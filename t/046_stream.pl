@@ -483,27 +483,34 @@ sub stream_data
     close($s->{sock}) if $s->{sock};
     return join("\n", @{ $s->{data} // [] });
 }
+# the same sidecar sees the extension re-created older under it, then a
+# fresh one starts on the older one
 my %answers;
-for my $version ('0.6', 'current')
+my $running = start_sidecar($node, args => ['--threads=1']);    # one connection, prepared before
+for my $case ('current', '0.6 under a running sidecar', '0.6')
 {
+    my ($version) = $case =~ /^(0\.\d+)/;
     $node->safe_psql('postgres', 'DROP EXTENSION aggr CASCADE');
-    $node->safe_psql('postgres',
-        'CREATE EXTENSION aggr' . ($version eq 'current' ? '' : " VERSION '$version'"));
+    $node->safe_psql('postgres', 'CREATE EXTENSION aggr' . ($version ? " VERSION '$version'" : ''));
     $node->safe_psql('postgres', q{SELECT aggr_ingest('[
         {"topic": "older", "event_id": "a", "timestamp": "2026-01-02T03:04:05.678Z", "source": "s", "payload": {"k": [1, "\\"x\\""]}},
         {"topic": "older", "event_id": "b\\tc", "timestamp": 0, "source": "é", "payload": {}}]')});
     $node->safe_psql('postgres', q{UPDATE aggr.events SET ingested_at = '2026-07-01 12:00:00+00'});
-    my $old = start_sidecar($node);
-    my $r = http($old->{port}, 'GET', '/events?topic=older');
-    is($r->{status}, 200, "extension $version: GET /events answers");
-    $answers{$version}{events} = $r->{body};
-    $answers{$version}{stream} = stream_data($old->{port}, 'older', 2);
-    stop_sidecar($old);
+    my $sc = $case eq '0.6' ? start_sidecar($node) : $running;
+    my $r = http($sc->{port}, 'GET', '/events?topic=older');
+    is($r->{status}, 200, "$case: GET /events answers");
+    $answers{$case}{events} = $r->{body};
+    $answers{$case}{stream} = stream_data($sc->{port}, 'older', 2);
+    stop_sidecar($sc) if $case eq '0.6';
 }
-like($answers{'0.6'}{events}, qr/"event_id" : "b\\tc"/, 'extension 0.6: GET /events has the events');
-is($answers{current}{events}, $answers{'0.6'}{events}, 'GET /events: the same bytes from 0.6 and the current version');
-like($answers{'0.6'}{stream}, qr/"event_id" : "a".*\n.*"event_id" : "b\\tc"/, 'extension 0.6: the stream has the events');
-is($answers{current}{stream}, $answers{'0.6'}{stream}, 'the stream: the same bytes from 0.6 and the current version');
+stop_sidecar($running);
+like($answers{current}{events}, qr/"event_id" : "b\\tc"/, 'GET /events has the events');
+like($answers{current}{stream}, qr/"event_id" : "a".*\n.*"event_id" : "b\\tc"/, 'the stream has the events');
+for my $case ('0.6 under a running sidecar', '0.6')
+{
+    is($answers{$case}{events}, $answers{current}{events}, "GET /events, $case: the same bytes as the current version");
+    is($answers{$case}{stream}, $answers{current}{stream}, "the stream, $case: the same bytes as the current version");
+}
 
 # a --db that libpq cannot parse is refused without being quoted (it may
 # hold the password)

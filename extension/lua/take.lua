@@ -28,8 +28,8 @@
 -- more for rounding, plus 4 kB): a lowered aggr.batch_bytes never cuts what
 -- aggr accepted under the old one.  The batch grows from the head by doubling, so a
 -- take copies what it keeps plus the doubling step that did not fit (Redis
--- cannot measure an element without copying it).  While envelopes wait, the
--- head elements are first read one by one to count their events, and the
+-- cannot measure an element without copying it).  While envelopes wait,
+-- each doubling step's elements are read to count their events, and the
 -- doubling stops at the elements that hold 'most events'.
 --
 -- Every read that can fail (a key of the wrong type, a command the ACL does
@@ -106,28 +106,6 @@ local function event_count(element, counted)
   return n, id
 end
 
--- The head elements a batch of most_events may take (at most 'most'), read
--- one by one: their event counts and envelope ids.  The first is taken
--- whatever it holds.
-local function head_counts(most)
-  local counts, ids, counted, events = {}, {}, {}, 0
-  for i = 0, most - 1 do
-    local n, id = event_count(redis.call('LINDEX', queue, i) or '', counted)
-    if i > 0 and events + n > most_events then
-      break
-    end
-    counts[i + 1], ids[i + 1] = n, id
-    if id then
-      counted[id] = true
-    end
-    events = events + n
-    if events >= most_events then
-      break
-    end
-  end
-  return counts, ids
-end
-
 local function measure()
   return redis.call('MEMORY', 'USAGE', processing, 'SAMPLES', 0) or 0
 end
@@ -146,30 +124,34 @@ end
 
 if have == 0 and move and waiting > 0 then
   local most = math.min(most_events, waiting)
-  local counts, ids
-  if registered > 0 then
-    -- envelopes of aggr may be among them: how many elements hold
-    -- most_events is known before anything is copied (an envelope of 500
-    -- events is one element; doubling up to 500 of them copied megabytes)
-    counts, ids = head_counts(most)
-    most = #counts
+  local counts, ids, counted, events = {}, {}, {}, 0
+
+  -- While envelopes of aggr may be among them, the events of the elements
+  -- copied from..to-1 are counted as each doubling step is copied (so an
+  -- envelope of a full batch is copied alone, and no element is read into
+  -- Lua beyond what fits the batch's bytes); returns how many of them the
+  -- batch keeps.  The first is kept whatever it holds.
+  local function count_events(from, to)
+    for i = from, to - 1 do
+      local n, id = event_count(redis.call('LINDEX', processing, i) or '', counted)
+      if i > 0 and events + n > most_events then
+        return i
+      end
+      counts[i + 1], ids[i + 1] = n, id
+      if id then
+        counted[id] = true
+      end
+      events = events + n
+      if events >= most_events then
+        return i + 1
+      end
+    end
+    return to
   end
+
   local take = 1
   local bytes = copy(1)
-  if bytes <= most_bytes then
-    -- double while the batch fits; a step that does not fit is undone
-    while take < most do
-      local next_take = math.min(take * 2, most)
-      local next_bytes = copy(next_take)
-      if next_bytes > most_bytes then
-        if take < next_take then
-          redis.call('LTRIM', processing, 0, take - 1)
-        end
-        break
-      end
-      take, bytes = next_take, next_bytes
-    end
-  elseif bytes > largest + largest / 4 + 4096 then
+  if bytes > largest + largest / 4 + 4096 then
     -- larger than any batch may be (aggr never pushes one: its publishes
     -- are bounded by the same limit): the element leaves the queue as its
     -- size and first bytes; its copy in Lua is freed at once
@@ -178,11 +160,37 @@ if have == 0 and move and waiting > 0 then
     redis.call('HSET', batch, 'oversize', #element, 'head', string.sub(element, 1, head_bytes))
     element = nil
     collectgarbage('collect')
-  end
-  if counts and redis.call('EXISTS', processing) == 1 then
-    for i = 1, take do
-      if ids[i] then
-        claim(ids[i], counts[i])
+  else
+    if registered > 0 then
+      count_events(0, 1)
+    end
+    -- double while the batch fits (a step that does not fit is undone) and
+    -- holds fewer than most_events
+    while bytes <= most_bytes and take < most and events < most_events do
+      local next_take = math.min(take * 2, most)
+      local next_bytes = copy(next_take)
+      if next_bytes > most_bytes then
+        if take < next_take then
+          redis.call('LTRIM', processing, 0, take - 1)
+        end
+        break
+      end
+      if registered > 0 then
+        local kept = count_events(take, next_take)
+        if kept < next_take then
+          -- the next element would pass most_events
+          redis.call('LTRIM', processing, 0, kept - 1)
+          take = kept
+          break
+        end
+      end
+      take, bytes = next_take, next_bytes
+    end
+    if registered > 0 and redis.call('EXISTS', processing) == 1 then
+      for i = 1, take do
+        if ids[i] then
+          claim(ids[i], counts[i])
+        end
       end
     end
   end
