@@ -151,6 +151,7 @@ if have == 0 and move and waiting > 0 then
 
   local take = 1
   local bytes = copy(1)
+  -- (aggr.batch_bytes is at most 'largest': an element above this cannot fit)
   if bytes > largest + largest / 4 + 4096 then
     -- larger than any batch may be (aggr never pushes one: its publishes
     -- are bounded by the same limit): the element leaves the queue as its
@@ -186,7 +187,7 @@ if have == 0 and move and waiting > 0 then
       end
       take, bytes = next_take, next_bytes
     end
-    if registered > 0 and redis.call('EXISTS', processing) == 1 then
+    if registered > 0 then
       for i = 1, take do
         if ids[i] then
           claim(ids[i], counts[i])
