@@ -49,8 +49,6 @@ typedef struct StmtDef
 	const char *sql;
 	int			nparams;
 	Oid			types[4];
-	const char *portable_sql;	/* for an older extension, or NULL */
-	const char *portable_name;
 } StmtDef;
 
 /*
@@ -84,8 +82,7 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 	[AGGR_STMT_EVENTS] = {
 		"aggr_events",
 		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_SQL("e")),
-		4, {TEXTOID, INT4OID, INT8OID, INT8OID},
-		EVENTS_PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL), "aggr_events_portable"
+		4, {TEXTOID, INT4OID, INT8OID, INT8OID}
 	},
 	[AGGR_STMT_PUBLISH_NDJSON] = {
 		"aggr_publish_ndjson",
@@ -127,6 +124,18 @@ static const StmtDef stmt_defs[AGGR_NUM_STMTS] = {
 		"ORDER BY 1",
 		0, {0}
 	},
+};
+
+/*
+ * What a statement becomes where the extension has no aggr_event_json()
+ * (older than 0.7), prepared under a name of its own; unset: no other form.
+ */
+static const struct
+{
+	const char *name;
+	const char *sql;
+}			portable_defs[AGGR_NUM_STMTS] = {
+	[AGGR_STMT_EVENTS] = {"aggr_events_portable", EVENTS_PAGE_SQL(AGGR_EVENT_JSON_PORTABLE_SQL)},
 };
 
 /*
@@ -174,7 +183,7 @@ typedef struct DbSlot
 {
 	PGconn	   *conn;
 	bool		prepared[AGGR_NUM_STMTS];
-	bool		portable[AGGR_NUM_STMTS];	/* prepared as portable_sql */
+	bool		portable[AGGR_NUM_STMTS];	/* in its portable_defs form */
 	int			failures;		/* consecutive failed connects */
 	int64_t		next_attempt_us;
 	int			id;
@@ -514,14 +523,14 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 		 const int *lengths, const int *formats, AggrDbError *err)
 {
 	const StmtDef *def = &stmt_defs[stmt];
-	const char *name = slot->portable[stmt] ? def->portable_name : def->name;
+	const char *name = slot->portable[stmt] ? portable_defs[stmt].name : def->name;
 	int64_t		deadline = AggrNowUs() + (int64_t) aggr_config.db_timeout_ms * 1000;
 	PGresult   *res = NULL;
 	bool		sent;
 
 	if (!slot->prepared[stmt])
 		sent = PQsendPrepare(slot->conn, name,
-							 slot->portable[stmt] ? def->portable_sql : def->sql,
+							 slot->portable[stmt] ? portable_defs[stmt].sql : def->sql,
 							 def->nparams, def->types);
 	else
 		sent = PQsendQueryPrepared(slot->conn, name, def->nparams,
@@ -574,7 +583,7 @@ ExecOnce(DbSlot *slot, AggrStmt stmt, const char *const *values,
 			/* a fresh connection is worth trying at once */
 			slot->next_attempt_us = 0;
 		}
-		else if (def->portable_sql && !slot->portable[stmt] && AggrLacksEventJson(res))
+		else if (portable_defs[stmt].sql && !slot->portable[stmt] && AggrLacksEventJson(res))
 		{
 			/*
 			 * an older extension (or one re-created older under this
