@@ -249,12 +249,13 @@ COMMENT ON FUNCTION aggr_events(text, integer, bigint) IS
     'aggr: stored events oldest first, optionally of one topic, after the seq of the previous page, never past a later commit';
 
 -- The JSON of an event as GET /events and GET /events/stream show it (the
--- sidecar renders its pages with it).  It only formats the row it is given,
--- so everyone may call it.
-CREATE FUNCTION aggr_event_json(event aggr.events) RETURNS text
+-- sidecar renders its pages with it): of an aggr.events row, or any row with
+-- its columns (a shard's, where Citus runs it on a worker node).  It only
+-- formats the row it is given, so everyone may call it.
+CREATE FUNCTION aggr_event_json(event record) RETURNS text
     LANGUAGE C STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'aggr_event_json';
-COMMENT ON FUNCTION aggr_event_json(aggr.events) IS
+COMMENT ON FUNCTION aggr_event_json(record) IS
     'aggr: an event as JSON, as GET /events shows it: topic, event_id, timestamp, source, payload, ingested_at';
 
 CREATE FUNCTION aggr_stats() RETURNS jsonb

@@ -1,6 +1,7 @@
 /*
  * event_json.c
- *		aggr_event_json(aggr.events) -> text: an event as GET /events and the
+ *		aggr_event_json(record) -> text: an event (a row of aggr.events, or of
+ *		any type with its columns, such as a Citus shard's) as GET /events and the
  *		event stream show it, byte for byte what
  *		json_build_object('topic', e.topic, 'event_id', e.event_id,
  *		'timestamp', e."timestamp", 'source', e.source, 'payload', e.payload,

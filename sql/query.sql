@@ -101,4 +101,5 @@ FROM (VALUES (ROW('plain', 'id-1', '2026-01-02 03:04:05.678+00', 'src', '{"a": [
              (ROW('nulls', 'id-3', NULL, NULL, NULL, NULL, 3, NULL)::aggr.events)) v(r);
 RESET timezone;
 SELECT aggr_event_json(NULL::aggr.events) IS NULL AS "null";
+SELECT aggr_event_json(ROW('t', 'e'));
 DROP EXTENSION aggr CASCADE;
