@@ -186,9 +186,12 @@ if phase stream; then
     for rep in 1 2 3; do
         nones+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
         subscribers_start
-        cpu0=$(cpu_s "$AGGR_SIDECAR_PID")
+        # the backend that reads the events for every stream
+        hub_pid=$(sql -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'aggr sidecar stream'")
+        cpu0=$(cpu_s "$AGGR_SIDECAR_PID") hub0=$(cpu_s "$hub_pid")
         withs+=("$(pgbench_rate "$src/bench/ingest.sql" "$n")")
-        echo "  run $rep: sidecar $(awk -v a="$cpu0" -v b="$(cpu_s "$AGGR_SIDECAR_PID")" 'BEGIN { printf "%.2f", b - a }') s of CPU"
+        echo "  run $rep: sidecar $(awk -v a="$cpu0" -v b="$(cpu_s "$AGGR_SIDECAR_PID")" 'BEGIN { printf "%.2f", b - a }') s of CPU," \
+            "its reading backend $(awk -v a="$hub0" -v b="$(cpu_s "$hub_pid")" 'BEGIN { printf "%.2f", b - a }') s"
         subscribers_stop
         echo "  run $rep: the subscribers' client: $(tail -n 1 "$AGGR_STATE/subscribers.out")"
     done
