@@ -377,13 +377,18 @@ pump([ $live, $rare ], sub { caught_up([$live]) }, 30);
 my $stuck_since = time();    # its socket is full: the sidecar serves it no more
 my $rss_before = rss_kb($sc->{pid});
 # 12,000 events of 2 kB (24 MB): far more than the ring and the socket
-# buffers hold
+# buffers hold.  Under ASan the sidecar's freed memory waits in its
+# quarantine (8 MB, tools/asan-tap.sh) and every block has redzones: the
+# bound is 8 MB higher there, and the burst twice as long, so that it still
+# tells bounded from proportional
+my $asan = ($ENV{AGGR_SIDECAR} // '') =~ /-asan$/;
+my ($burst_batches, $bound_mb) = $asan ? (120, 28) : (60, 20);
 my $big = writer('big', join('', map {
     "SELECT aggr_ingest(jsonb_agg(jsonb_build_object('topic', 'big', 'event_id', 'b-' || g, "
       . "'timestamp', 0, 'source', 'tap', 'payload', jsonb_build_object('pad', repeat('x', 2000))))) "
       . "FROM generate_series(" . ($_ * 200) . ", " . ($_ * 200 + 199) . ") g;\n"
       . ($_ == 30 ? "SELECT aggr_ingest('{\"topic\": \"rare\", \"event_id\": \"r\", \"timestamp\": 0, \"source\": \"s\"}');\n" : '')
-} 0 .. 59));
+} 0 .. $burst_batches - 1));
 pump([ $live, $rare ], sub { finished($big) && caught_up([ $live, $rare ]) }, 60);
 ok(caught_up([$live]), 'a reading subscriber gets everything while another reads nothing');
 check_exact('beside a stuck subscriber', [$live]);
@@ -393,8 +398,9 @@ check_exact('an idle topic through the burst', [$rare]);
 is(scalar(@{ $rare->{errors} }) . " errors, $rare->{connects} connection", '0 errors, 1 connection',
     'the idle subscriber was never dropped');
 my $rss_after = rss_kb($sc->{pid});
-cmp_ok($rss_after - $rss_before, '<', 20 * 1024,
-    "the sidecar's memory stays bounded (RSS $rss_before kB -> $rss_after kB)");
+cmp_ok($rss_after - $rss_before, '<', $bound_mb * 1024,
+    "the sidecar's memory stays bounded (RSS $rss_before kB -> $rss_after kB"
+      . " while " . 2 * $burst_batches / 5 . " MB passed)");
 # the stuck one reads at last: what was in flight, then why it was dropped.
 # The sidecar calls a subscriber behind the ring too slow once it has taken
 # nothing for a second (stream.c, SLOW_US); before that it catches it up
