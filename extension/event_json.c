@@ -80,10 +80,6 @@ FindColumns(EventJsonColumns *columns, TupleDesc desc, Oid type, int32 typmod)
 	columns->typmod = typmod;
 }
 
-/*
- * A text as a JSON string, as escape_json writes it; most need no escape,
- * and are copied whole.
- */
 /* whether the columns found earlier are still there, of their types */
 static bool
 ColumnsStillFit(const EventJsonColumns *columns, TupleDesc desc)
@@ -102,6 +98,10 @@ ColumnsStillFit(const EventJsonColumns *columns, TupleDesc desc)
 	return true;
 }
 
+/*
+ * A text as a JSON string, as escape_json writes it; most need no escape,
+ * and are copied whole.
+ */
 static void
 AppendJsonString(StringInfo out, Datum value)
 {
