@@ -128,6 +128,7 @@ static int
 TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 {
 	static Schema logged = SCHEMA_READY;
+	static int	lock_waits = 0; /* batches in a row that met a lock */
 	volatile int nap = AGGR_EXPIRY_NAP_MS;
 
 	*failed = false;
@@ -135,6 +136,8 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 	PG_TRY();
 	{
 		Schema		schema = RunBatch(result);
+
+		lock_waits = 0;
 
 		if (schema == SCHEMA_CITUS_WORKER)
 		{
@@ -161,12 +164,24 @@ TryBatch(MemoryContext context, AggrExpiryResult *result, bool *failed)
 
 		MemoryContextSwitchTo(context);
 		error = CopyErrorData();
-		/* an event locked by someone's open transaction: busy, not broken */
+
+		/*
+		 * An event locked by someone's open transaction: busy, not broken.
+		 * Said after five batches in a row, then every sixty (each waits a
+		 * second for the lock, then rests): expiry waits for whoever holds
+		 * it, and that must not go unseen.
+		 */
 		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 		{
 			EmitErrorReport();
 			*failed = true;
 		}
+		else if (++lock_waits % 60 == 5)
+			ereport(LOG,
+					(errmsg("aggr expiry: waiting for a lock that another transaction holds, %d batches in a row",
+							lock_waits),
+					 errdetail_internal("%s", error->message),
+					 errhint("Expiry goes on once that transaction ends; pg_locks shows who holds it.")));
 		FlushErrorState();
 		AbortOutOfAnyTransaction(); /* the block too */
 		pgstat_report_activity(STATE_IDLE, NULL);

@@ -8,6 +8,7 @@
 #ifndef AGGR_COMMON_H
 #define AGGR_COMMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* A growable byte buffer; after AggrBufInit, data is NUL-terminated. */
@@ -33,6 +34,9 @@ extern void AggrBufPrintf(AggrBuf *buf, const char *fmt,...)
 			__attribute__((format(printf, 2, 3)));
 extern void AggrBufReset(AggrBuf *buf);
 extern void AggrBufFree(AggrBuf *buf);
+
+/* whether s[0..len) is valid UTF-8 (no overlong forms or surrogates) */
+extern bool AggrValidUtf8(const char *s, size_t len);
 
 /*
  * Appends s[0..len) as a quoted JSON string: quotes, backslashes and

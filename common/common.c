@@ -182,6 +182,17 @@ Utf8SequenceLength(const unsigned char *s, size_t n)
 	return need;
 }
 
+bool
+AggrValidUtf8(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *) s;
+
+	for (size_t i = 0, n; i < len; i += n)
+		if ((n = Utf8SequenceLength(p + i, len - i)) == 0)
+			return false;
+	return true;
+}
+
 void
 AggrJsonAppendString(AggrBuf *buf, const char *s, size_t len)
 {

@@ -14,6 +14,7 @@
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/lsyscache.h"
+#include "utils/resowner.h"
 
 /* the answer for one local transaction: ingest asks once per batch */
 static AggrCitusRole role_cached;
@@ -44,10 +45,18 @@ AggrCitusRoleNow(void)
 		/*
 		 * aggr_distribute() holds an AccessExclusiveLock until it commits:
 		 * the answer, read after this lock with a new snapshot, holds for the
-		 * rest of the transaction.
+		 * rest of the transaction.  The transaction's lock, not a
+		 * subtransaction's: one rolled back (a consumer's element-by-element
+		 * replay) must not let aggr_distribute() in under the cached answer.
 		 */
 		if (OidIsValid(events))
+		{
+			ResourceOwner owner = CurrentResourceOwner;
+
+			CurrentResourceOwner = TopTransactionResourceOwner;
 			LockRelationOid(events, AccessShareLock);
+			CurrentResourceOwner = owner;
+		}
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		if (SPI_execute(role_sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)

@@ -30,8 +30,9 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 /*
  * The two walks share their shape.  "todo" lists the rows (row_id, seq, old)
  * after the mark $2 up to $3 in seq order, at most $4; "doomed" is the prefix
- * of old ones; "changed" is what was done to them (RETURNING topic, seq).
- * The answer: how many were changed; the new mark, the last seq up to which
+ * of old ones; "changed" is what was done to them (RETURNING topic, seq, and
+ * whether the row counts as the walk's: a tombstone deleted by the expiry
+ * is not an expired event).  The answer: how many counted; the new mark, the last seq up to which
  * every row of the range that will ever be walked was changed: below the
  * first skipped row (another transaction changed it meanwhile; it is
  * rechecked by its own conditions), else below the first young one, else $3
@@ -53,7 +54,7 @@ PG_FUNCTION_INFO_V1(aggr_expire);
 "  SELECT pg_catalog.min(d.seq) AS seq FROM doomed d" \
 "  WHERE d.seq NOT IN (SELECT c.seq FROM changed c)" \
 ")" \
-"SELECT (SELECT pg_catalog.count(*) FROM changed)," \
+"SELECT (SELECT pg_catalog.count(*) FILTER (WHERE counts) FROM changed)," \
 "  coalesce((SELECT seq - 1 FROM skipped)," \
 "           (SELECT pg_catalog.min(seq) - 1 FROM todo WHERE NOT old)," \
 "           (SELECT CASE WHEN pg_catalog.count(*) < $4 THEN $3 ELSE pg_catalog.max(seq) END FROM todo))," \
@@ -81,31 +82,49 @@ static const RowNaming by_key = {
 };
 
 /*
- * Expiry: the live events after expired_upto ($2) up to the watermark ($3),
- * old when ingested before $1; the doomed ones are made tombstones at $5 or
- * deleted (%3$s: make_tombstones or delete_events), and counted on shard -1.
+ * Expiry: the events after expired_upto ($2) up to the watermark ($3) that
+ * %3$s walks, old when %4$s; the doomed ones are made tombstones at $5 or
+ * deleted (%5$s), and the live ones among them counted on shard -1.  With
+ * tombstones the walk passes the tombstones it meets; deleting, it deletes
+ * them too (tombstones of an earlier window, or restored under marks of 0),
+ * so that every row up to its mark is gone and forgotten_upto may follow.
  */
 static const char *const expire_sql_template =
 "WITH todo AS ("
-"  SELECT %1$s, e.seq, e.ingested_at < $1 AS old FROM aggr.events e"
-"  WHERE e.seq > $2 AND e.seq <= $3 AND e.expired_at IS NULL"
+"  SELECT %1$s, e.seq, %4$s AS old FROM aggr.events e"
+"  WHERE e.seq > $2 AND e.seq <= $3 %3$s"
 "  ORDER BY e.seq LIMIT $4"
 WALK_DOOMED
 "), changed AS ("
-"  %3$s"
-"  RETURNING e.topic, e.seq"
+"  %5$s"
 "), counted AS ("
 "  INSERT INTO aggr.counters AS c (topic, shard, expired)"
-"  SELECT topic, -1, pg_catalog.count(*) FROM changed"
+"  SELECT topic, -1, pg_catalog.count(*) FROM changed WHERE counts"
 "  GROUP BY topic ORDER BY topic COLLATE \"C\""
 "  ON CONFLICT (topic, shard) DO UPDATE SET expired = c.expired + excluded.expired"
 WALK_ANSWER;
 
-static const char *const make_tombstones =
-"UPDATE aggr.events e SET payload = '{}', expired_at = $5"
-"  WHERE %s AND e.expired_at IS NULL AND e.ingested_at < $1";
-static const char *const delete_events =
-"DELETE FROM aggr.events e WHERE %s AND e.expired_at IS NULL AND e.ingested_at < $1";
+typedef struct ExpiryMode
+{
+	const char *walked;			/* %3$s: which rows todo lists */
+	const char *old;			/* %4$s */
+	const char *change;			/* %5$s: with %s, the row match */
+} ExpiryMode;
+
+static const ExpiryMode make_tombstones = {
+	"AND e.expired_at IS NULL",
+	"e.ingested_at < $1",
+	"UPDATE aggr.events e SET payload = '{}', expired_at = $5"
+	"  WHERE %s AND e.expired_at IS NULL AND e.ingested_at < $1"
+	"  RETURNING e.topic, e.seq, true AS counts"
+};
+static const ExpiryMode delete_events = {
+	"",
+	"(e.expired_at IS NOT NULL OR e.ingested_at < $1)",
+	"DELETE FROM aggr.events e"
+	"  WHERE %s AND (e.expired_at IS NOT NULL OR e.ingested_at < $1)"
+	"  RETURNING e.topic, e.seq, e.expired_at IS NULL AS counts"
+};
 
 /*
  * Forgetting: the tombstones after forgotten_upto ($2) up to expired_upto
@@ -120,7 +139,7 @@ WALK_DOOMED
 "), changed AS ("
 "  DELETE FROM aggr.events e WHERE %3$s"
 "    AND e.expired_at IS NOT NULL AND e.expired_at < $1"
-"  RETURNING e.topic, e.seq"
+"  RETURNING e.topic, e.seq, true AS counts"
 WALK_ANSWER;
 
 /*
@@ -328,24 +347,30 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 		expired_upto = forgotten_upto = 0;
 	}
 
+	/*
+	 * The expiry walk runs even with nothing to expire (retention off, or
+	 * this call's limit reached): with nothing old it only moves the mark
+	 * over the tombstones before the first live event, which the forget walk
+	 * goes no further than (after a restore the marks start at 0 below them).
+	 */
 	values[2] = Int64GetDatum(upto);
-	values[3] = Int32GetDatum(expire_limit);
+	values[3] = Int32GetDatum(Max(expire_limit, 1));
 	values[4] = TimestampTzGetDatum(now);
-	if (expire_before != DT_NOBEGIN)
 	{
 		SPIPlanPtr *plan = forget_at_once ? &delete_plan[distributed] : &tombstone_plan[distributed];
+		const ExpiryMode *mode = forget_at_once ? &delete_events : &make_tombstones;
 		int64		before = expired_upto;
 
 		if (*plan == NULL)
 			(void) AggrPreparedPlanWith(plan,
 										psprintf(expire_sql_template, rows->columns, rows->doomed_columns,
-												 psprintf(forget_at_once ? delete_events : make_tombstones,
-														  rows->match)),
+												 mode->walked, mode->old,
+												 psprintf(mode->change, rows->match)),
 										5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
 		values[0] = TimestampTzGetDatum(expire_before);
 		values[1] = Int64GetDatum(expired_upto);
 		result->expired = Walk(*plan, values, &expired_upto, &result->more_to_expire);
-		/* deleted at once, with no tombstone left below: nothing to forget */
+		/* deleted, tombstones too, with none left below: nothing to forget */
 		if (forget_at_once && forgotten_upto == before)
 			forgotten_upto = expired_upto;
 	}

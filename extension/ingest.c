@@ -28,6 +28,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -512,6 +513,31 @@ aggr_ingest(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Queued events are stored where the consumers ingest, aggr.database: a
+ * publish in another database would be acknowledged and never be seen in
+ * this one (or never stored at all, where aggr is not installed there).
+ */
+static void
+RequireConsumersDatabase(void)
+{
+	static bool consumers_here = false; /* a backend keeps its database */
+	char	   *here;
+
+	if (consumers_here)
+		return;
+	here = get_database_name(MyDatabaseId);
+	consumers_here = here != NULL && strcmp(here, aggr_database) == 0;
+	if (!consumers_here)
+		ereport(ERROR,
+				errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				errmsg("broker mode queues events for the consumers of database \"%s\" (aggr.database), not this database \"%s\"",
+					   aggr_database, here ? here : "?"),
+				errdetail("Nothing was queued: the events would be stored there, not here."),
+				errhint("Publish in database \"%s\", or set aggr.database = '%s' and restart the server.",
+						aggr_database, here ? here : "?"));
+}
+
+/*
  * The publish path: validate, then either queue the events on the broker
  * (aggr.broker_url set) or ingest them directly.  json is the request's
  * text as sent, when the caller has it (an envelope wraps it), or NULL.
@@ -528,6 +554,7 @@ Publish(Jsonb *request, const char *json, int len)
 	AggrValidateRequest(request, &batch, !AggrBrokerConfigured());
 	if (AggrBrokerConfigured())
 	{
+		RequireConsumersDatabase();
 		AggrEnqueueBatch(request, batch.nevents, json, len);
 		return AggrIngestResultJsonb(&result, batch.nevents, true);
 	}

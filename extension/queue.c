@@ -275,6 +275,41 @@ Lost(AggrQueue *queue, char **error, const char *why, bool sent)
 }
 
 /*
+ * An error reply that says Redis cannot run commands for now (it is loading
+ * its data, busy in a long script, a replica without its master, in a
+ * failover): the command did not run.  It is an outage to wait out, like a
+ * lost connection, not a refusal of the command.
+ */
+static bool
+RedisUnavailableNow(const redisReply *reply)
+{
+	static const char *const prefixes[] = {
+		"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"
+	};
+
+	if (reply->type != REDIS_REPLY_ERROR)
+		return false;
+	for (int i = 0; i < lengthof(prefixes); i++)
+		if (strncmp(reply->str, prefixes[i], strlen(prefixes[i])) == 0 &&
+			(reply->str[strlen(prefixes[i])] == ' ' || reply->str[strlen(prefixes[i])] == '\0'))
+			return true;
+	return false;
+}
+
+/*
+ * The connection is closed after such a reply; the next call connects
+ * again.  ran: an earlier command of the same round trip ran.
+ */
+static AggrQueueStatus
+Unavailable(AggrQueue *queue, char **error, const redisReply *reply, bool ran)
+{
+	*error = psprintf("Redis cannot run commands now: %s", reply->str);
+	redisFree(queue->redis);
+	queue->redis = NULL;
+	return ran ? AGGR_QUEUE_UNKNOWN : AGGR_QUEUE_DOWN;
+}
+
+/*
  * Loads a script (SCRIPT LOAD) and keeps the SHA1 Redis answers; after a
  * restart of Redis it is loaded again with the same SHA1.
  */
@@ -285,6 +320,13 @@ LoadScript(AggrQueue *queue, Script *script, char **error)
 
 	if (load == NULL)
 		return Lost(queue, error, "Redis command failed", false);
+	if (RedisUnavailableNow(load))
+	{
+		AggrQueueStatus status = Unavailable(queue, error, load, false);
+
+		freeReplyObject(load);
+		return status;
+	}
 	if (load->type != REDIS_REPLY_STRING || load->len >= sizeof(script->sha1))
 	{
 		*error = psprintf("Redis refused to load a script of aggr: %s",
@@ -365,11 +407,14 @@ RunScript(AggrQueue *queue, Script *script, int nkeys, int argc, const char **ar
 	for (int i = 0; i < nreplies; i++)
 		if (replies[i]->type == REDIS_REPLY_ERROR)
 		{
-			*error = pstrdup(replies[i]->str);
+			status = RedisUnavailableNow(replies[i]) ?
+				Unavailable(queue, error, replies[i], i > 0) : AGGR_QUEUE_REFUSED;
+			if (status == AGGR_QUEUE_REFUSED)
+				*error = pstrdup(replies[i]->str);
 			for (int j = 0; j < nreplies; j++)
 				freeReplyObject(replies[j]);
 			replies[0] = replies[1] = NULL;
-			return AGGR_QUEUE_REFUSED;
+			return status;
 		}
 	return AGGR_QUEUE_OK;
 }

@@ -427,6 +427,12 @@ TopicAndAfter(AggrRequest *req, const AggrRequestIn *in, const char *after,
 		AnswerError(req, 400, after_error);
 		return false;
 	}
+	/* checked here: the stream would meet it only in a catch-up read */
+	if (topic && !AggrValidUtf8(topic, strlen(topic)))
+	{
+		AnswerError(req, 400, "topic must be valid UTF-8");
+		return false;
+	}
 	if (topic && topic[0] != '\0')
 		req->topic = AggrStrdup(topic);
 	return true;

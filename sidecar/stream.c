@@ -81,7 +81,9 @@ typedef struct Stream
 	char	   *topic;			/* NULL: every topic */
 	uint64_t	topic_hash;
 	int64_t		pos;
-	int64_t		served_us;		/* last asked for more (Refill), or was woken */
+	int64_t		served_us;		/* last took bytes, asked for more (Refill),
+								 * or was woken */
+	bool		stalled;		/* took nothing for SLOW_US since Refill */
 	unsigned	fetch_pass;		/* the hub pass that read its last page */
 	bool		started;		/* the retry line was sent */
 	bool		suspended;
@@ -257,9 +259,10 @@ static bool
 Refill(Stream *s, size_t max)
 {
 	int64_t		now = AggrNowUs();
-	int64_t		idle_us = now - s->served_us;
+	bool		idle = now - s->served_us > SLOW_US || s->stalled;
 
 	s->served_us = now;
+	s->stalled = false;
 	if (!s->started)
 	{
 		AggrBufPrintf(&s->out, "retry: %d\nid: %" PRId64 "\n\n", RETRY_MS, s->pos);
@@ -283,7 +286,7 @@ Refill(Stream *s, size_t max)
 	 */
 	if (s->pos < hub.floor)
 	{
-		if (idle_us > SLOW_US)
+		if (idle)
 		{
 			s->end_reason = "subscriber too slow: it fell more than --stream-buffer behind; resume after resume_after";
 			AggrMetricsStreams(0, 1);
@@ -348,6 +351,18 @@ StreamRead(void *cls, uint64_t offset, char *buf, size_t max)
 		n = max;
 	memcpy(buf, s->out.data + s->out_off, n);
 	s->out_off += n;
+	/*
+	 * Its socket took bytes: served now, however long a page takes to send;
+	 * but a second or more since the last bytes is a stall Refill must see.
+	 */
+	if (n > 0)
+	{
+		int64_t		now = AggrNowUs();
+
+		if (now - s->served_us > SLOW_US)
+			s->stalled = true;
+		s->served_us = now;
+	}
 	pthread_mutex_unlock(&hub.lock);
 	return (ssize_t) n;
 }
@@ -398,6 +413,40 @@ SmallSendBuffer(struct MHD_Connection *conn)
 		(void) setsockopt(info->connect_fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
 }
 
+static void
+AddStreamHeaders(struct MHD_Response *resp)
+{
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+}
+
+/*
+ * While the hub is not connected (a database restart): a stream that ends
+ * at once with a final event, and an EventSource comes back after the
+ * retry time by itself.  A 503 would make it give up for good (an
+ * EventSource retries only a stream that was opened).  No id: the client
+ * keeps its own Last-Event-ID.
+ */
+static struct MHD_Response *
+NotConnectedYet(int64_t after)
+{
+	AggrBuf		body;
+	struct MHD_Response *resp;
+
+	AggrBufInit(&body, 256);
+	AggrBufPrintf(&body, "retry: %d\n\nevent: error\ndata: {\"error\":\"the event stream is "
+				  "not connected to the database yet; retrying\"", RETRY_MS);
+	if (after >= 0)
+		AggrBufPrintf(&body, ",\"resume_after\":%" PRId64, after);
+	AggrBufAppendStr(&body, "}\n\n");
+	resp = MHD_create_response_from_buffer(body.len, body.data, MHD_RESPMEM_MUST_COPY);
+	AggrBufFree(&body);
+	if (resp)
+		AddStreamHeaders(resp);
+	return resp;
+}
+
 struct MHD_Response *
 AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 			   const char **refusal)
@@ -406,11 +455,18 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	Stream	   *s;
 
 	pthread_mutex_lock(&hub.lock);
-	if (!hub.connected || hub.stopping)
+	if (hub.stopping)
 	{
 		pthread_mutex_unlock(&hub.lock);
-		*refusal = "the event stream is not connected to the database yet";
+		*refusal = "the server is shutting down";
 		return NULL;
+	}
+	if (!hub.connected)
+	{
+		pthread_mutex_unlock(&hub.lock);
+		if ((resp = NotConnectedYet(after)) == NULL)
+			*refusal = "out of memory";
+		return resp;
 	}
 	if (hub.nstreams >= aggr_config.max_streams)
 	{
@@ -444,9 +500,7 @@ AggrStreamOpen(struct MHD_Connection *conn, const char *topic, int64_t after,
 	AggrMetricsStreams(1, 0);
 	pthread_mutex_unlock(&hub.lock);
 	WakeHub();					/* the hub may be resting, reading nothing */
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	AddStreamHeaders(resp);
 	return resp;
 }
 
@@ -778,6 +832,7 @@ HubCatchUp(bool *pending)
 		int64_t		after;
 		PGresult   *res;
 		bool		stuck = false;
+		bool		refused;
 
 		pthread_mutex_lock(&hub.lock);
 		for (Stream *c = hub.streams; c && s == NULL; c = c->next)
@@ -798,10 +853,20 @@ HubCatchUp(bool *pending)
 		res = ReadPage(topic, CATCH_UP_PAGE_EVENTS, CATCH_UP_PAGE_BYTES, after);
 		free(topic);
 
+		/*
+		 * The query failed, not the connection (a statement_timeout, say):
+		 * only this stream ends; it must not end everyone's.
+		 */
+		refused = res == NULL && PQstatus(hub.conn) == CONNECTION_OK;
+		if (refused)
+			AggrLog("warning", "event stream: a catch-up read failed, its stream ends: %s",
+					PQerrorMessage(hub.conn));
 		pthread_mutex_lock(&hub.lock);
 		s->fetching = false;
 		if (s->freed)
 			StreamDestroy(s);
+		else if (refused && !s->end_reason)
+			s->end_reason = "the database failed this stream's catch-up read (see the sidecar's log); resume after resume_after";
 		else if (res && !s->end_reason)
 		{
 			for (int i = 0; i < PageEvents(res); i++)
@@ -818,7 +883,7 @@ HubCatchUp(bool *pending)
 			}
 		}
 		pthread_mutex_unlock(&hub.lock);
-		if (res == NULL)
+		if (res == NULL && !refused)
 			return false;
 		PQclear(res);
 		if (!stuck)

@@ -3,7 +3,8 @@
 # SIGKILLed and PostgreSQL crashed mid-stream; a consumer dying just before
 # COMMIT, between COMMIT and the acknowledgement, and after it; queue bound,
 # broker down, rollback, poison elements, adoption of an orphaned processing
-# list.  Every scenario ends with the invariants and exact counts.
+# list; a publish in a database the consumers do not serve.  Every scenario
+# ends with the invariants and exact counts.
 use strict;
 use warnings;
 
@@ -219,6 +220,24 @@ $total{unique}   += 1;
 ok(wait_drained($node, $redis), 'stale token: queue drained');
 wait_for(sub { stats($node)->{received} >= $total{received} }, 30);
 check_invariants($node, 'stale token', %total);
+
+# 11. a publish in a database the consumers do not serve is refused (they
+#     would store it in aggr.database): nothing queued, the database named
+$node->safe_psql('postgres', 'CREATE DATABASE app');
+$node->safe_psql('app', 'CREATE EXTENSION aggr');
+my $depth = redis_cmd($redis, 'LLEN', 'aggregator:events');
+($ret, $out, $err) = $node->psql('app', q{\set VERBOSITY verbose
+SELECT aggr_publish('{"topic": "elsewhere", "event_id": "w1", "timestamp": 0, "source": "s"}')});
+like($err, qr/55000: broker mode queues events for the consumers of database "postgres" \(aggr.database\), not this database "app"/,
+    'other database: the publish is refused, naming both databases');
+is(redis_cmd($redis, 'LLEN', 'aggregator:events'), $depth, 'other database: nothing was queued');
+like(publish($node, '{"topic": "here", "event_id": "h1", "timestamp": 0, "source": "s"}'),
+    qr/"accepted": 1/, 'other database: in aggr.database a publish is queued as before');
+$total{received} += 1;
+$total{unique}   += 1;
+ok(wait_drained($node, $redis), 'other database: queue drained');
+wait_for(sub { stats($node)->{received} >= $total{received} }, 30);
+check_invariants($node, 'other database', %total);
 
 # health: broker and both consumers up
 wait_for(sub { consumer_pids($node) == 2 }, 30);

@@ -16,7 +16,8 @@
 #      element by element: only the poison is dead-lettered;
 #   5. hundreds of failed replays (a transient error): the consumer's private
 #      memory stays flat, and the batch is stored once when the error goes;
-#   6. a script error is reported as one, not as an outage; a flushed script
+#   6. a script error is reported as one, not as an outage, and a busy Redis
+#      as an outage, not a refusal; a flushed script
 #      cache is reloaded; a cancel of the waiting consumer loses nothing; a
 #      batch that kills its consumer every time is dead-lettered after 10;
 #   7. the README's ACL line is all the broker user needs, and a
@@ -27,9 +28,10 @@ use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use Time::HiRes qw(usleep);
 use lib 't';
 use AggrTest qw(new_node start_redis stop_redis redis_cmd wait_for stats
-  wait_drained consumer_pids check_invariants publish);
+  wait_drained consumer_pids check_invariants publish spawn);
 
 # no persistence: the test pushes gigabytes
 my $redis = start_redis(undef, '--appendonly', 'no');
@@ -328,6 +330,28 @@ sub drained
     $total{unique}++;
     drained('script error');
     is(sql(q{SELECT count(*) FROM aggr.events WHERE topic = 'script'}), 1, 'NOSCRIPT: the consumer loaded its script again');
+}
+
+# 6a. Redis busy in a long script: a publish then is an outage to wait out
+#     (08006, the sidecar's 503 with Retry-After), not a refusal (38000, a
+#     500); nothing is queued, and once Redis is free the next one goes in
+{
+    redis_cmd($redis, 'CONFIG', 'SET', 'busy-reply-threshold', '100');
+    my $busy = spawn("$redis->{dir}/busy.log", 'redis-cli', '-p', $redis->{port}, 'EVAL',
+        q{local function now() local t = redis.call('TIME'); return t[1] * 1000000 + t[2] end
+          local stop = now() + 2000000; while now() < stop do end; return 1}, '0');
+    usleep(500_000);
+    my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT aggr_publish('" . event('busy', 'b1') . "')");
+    like($err, qr/08006: could not queue 1 events on the broker/, 'busy Redis: the publish fails as an outage (08006)');
+    like($err, qr/Redis cannot run commands now: BUSY/, "busy Redis: with Redis's message");
+    waitpid($busy, 0);
+    redis_cmd($redis, 'CONFIG', 'SET', 'busy-reply-threshold', '5000');
+    like(publish($node, event('busy', 'b2')), qr/"accepted": 1/, 'busy Redis: afterwards a publish goes in');
+    $total{received}++;
+    $total{unique}++;
+    drained('busy');
+    is(sql(q{SELECT string_agg(event_id, ',') FROM aggr.events WHERE topic = 'busy'}), 'b2',
+        'busy Redis: only the accepted event is stored');
 }
 
 # 6b. a cancel (pg_cancel_backend) while the consumer waits on an empty queue

@@ -24,7 +24,7 @@ use IO::Socket::INET;
 use Time::HiRes qw(time usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
-use SidecarTest qw(new_node check_invariants start_sidecar stop_sidecar http
+use SidecarTest qw(new_node check_invariants start_sidecar stop_sidecar http json
   rss_kb);
 use Test::More;
 use Time::HiRes qw(time usleep);
@@ -338,7 +338,14 @@ $_->{after} = $base for @rsubs;
 my $restart_writer = writer('before_restart', join('', map { batch_sql('rs', $_ * 100, 100) } 0 .. 9));
 pump(\@rsubs, sub { finished($restart_writer) }, 60);
 $node->stop('immediate');
+# down for a while: the subscribers come back (after their second) and are
+# told to retry, in a stream (200), not refused: an EventSource gives up on
+# a refusal for good
+pump(\@rsubs, sub { !grep { !grep { /not connected.*retrying/ } @{ $_->{errors} } } @rsubs }, 15);
 $node->start;
+is(scalar(grep { grep { /not connected to the database yet; retrying/ } @{ $_->{errors} } } @rsubs), 20,
+    'while the database is down, each resuming stream is told to retry');
+is(scalar(grep { $_->{statuses}{503} } @rsubs), 0, '... in a stream that ends (200), never a 503');
 my $after_writer = writer('after_restart', join('', map { batch_sql('rs', $_ * 100, 100) } 10 .. 19));
 pump(\@rsubs, sub { finished($after_writer) && caught_up(\@rsubs) }, 90);
 ok(caught_up(\@rsubs), 'subscribers caught up after the restart');
@@ -433,6 +440,14 @@ is($anon->{status}, 401, 'the read token guards the stream');
 my @capped = map { new_sub(port => $port, name => "c$_", token => 'rt') } 1 .. 3;
 pump(\@capped, sub { !grep { !defined $_->{status} } @capped }, 10);
 is(join(',', sort map { $_->{status} } @capped), '200,200,503', '--max-streams caps subscribers (503 beyond)');
+# a topic that is not UTF-8 would fail only in a catch-up read, on the
+# connection every stream shares: refused up front, and nobody else notices
+for my $path ('/events/stream?topic=%FF&after=0', '/events?topic=%FF')
+{
+    my $r = http($port, 'GET', $path, headers => { Authorization => 'Bearer rt' });
+    is("$r->{status} " . (json($r) // {})->{error}, '400 topic must be valid UTF-8',
+        "GET $path: 400 naming the topic");
+}
 my ($idle) = grep { $_->{status} == 200 } @capped;
 ok(pump([$idle], sub { ($idle->{heartbeats} // 0) >= 2 }, 5), 'an idle stream gets a heartbeat every --stream-heartbeat');
 # (the sequence's last value: duplicates and rollbacks draw seqs too)

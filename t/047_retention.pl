@@ -17,7 +17,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use lib 't';
-use AggrTest qw(new_node start_redis stop_redis demo_events event_batches check_invariants
+use AggrTest qw(new_node start_redis stop_redis demo_events event_batches check_invariants spawn
   wait_for stats publish wait_drained consumer_pids);
 
 my $node = new_node('retention',
@@ -173,6 +173,52 @@ publish($node, $_) for event_batches(500, demo_events(20000, 0.35, 'broker-'));
 ok(wait_drained($node, $redis), 'broker: the queue drained');
 ok(wait_for(sub { stats($node)->{expired} == 1316000 }, 60), 'broker: every event consumed expired');
 check_invariants($node, 'broker', received => 1324000, unique => 1316000, expired => 1316000);
+
+# ---- tombstones under marks of 0 (a restore does not dump aggr.expiry) ----
+
+# Makes 300 tombstones of topic $topic, then puts the marks back at 0 with
+# expiry stopped, as a pg_dump and restore leaves them.
+sub restored_tombstones
+{
+    my ($topic) = @_;
+    settings('0', '-1');
+    my $expired = stats($node)->{expired};
+    sql(ingest_sql($topic, 1, 300));
+    settings('1s', '-1');
+    ok(wait_for(sub { stats($node)->{expired} == $expired + 300 }, 30), "restore $topic: 300 tombstones");
+    settings('0', '-1');
+    sql('UPDATE aggr.expiry SET expired_upto = 0, forgotten_upto = 0');
+    return $expired + 300;
+}
+
+# window 0 deletes the tombstones it meets, rather than passing them
+my $expired = restored_tombstones('ra');
+settings('1s', '0');
+ok(wait_for(sub { sql(q{SELECT count(*) FROM aggr.events WHERE topic LIKE 'ra%'}) == 0 }, 30),
+    'restore, window 0: the tombstones are deleted, not passed');
+is(stats($node)->{expired}, $expired, 'restore, window 0: and not counted as expired again');
+is(sql('SELECT expired_upto = forgotten_upto FROM aggr.expiry'), 't', 'restore, window 0: nothing left to forget');
+
+# retention off, a window set: the tombstones are still forgotten after it
+$expired = restored_tombstones('rb');
+settings('0', '1s');
+ok(wait_for(sub { sql(q{SELECT count(*) FROM aggr.events WHERE topic LIKE 'rb%'}) == 0 }, 30),
+    'restore, retention off: the tombstones are forgotten after the window');
+is(stats($node)->{expired}, $expired, 'restore, retention off: the count stays');
+check_invariants($node, 'restored tombstones', received => 1324600, unique => 1316600, expired => 1316600);
+
+# ---- an old event locked by someone's open transaction ----
+
+settings('1s', '-1');
+my $log_offset = -s $node->logfile;
+sql(ingest_sql('lk', 1, 10));
+my $holder = spawn($node->basedir . '/holder.log', 'psql', '-X', '-q', '-d', $node->connstr('postgres'),
+    '-c', "BEGIN; SELECT seq FROM aggr.events WHERE topic LIKE 'lk%' FOR SHARE; SELECT pg_sleep(20); COMMIT;");
+ok(wait_for(sub { slurp_file($node->logfile, $log_offset) =~ /waiting for a lock that another transaction holds, 5 batches in a row/ }, 40),
+    'locked: expiry says it waits for a lock someone holds');
+is(stats($node)->{expired}, 1316600, 'locked: and expires nothing meanwhile');
+waitpid($holder, 0);
+ok(wait_for(sub { stats($node)->{expired} == 1316610 }, 30), 'locked: once it is released, expiry goes on');
 stop_redis($redis);
 
 done_testing();
