@@ -26,7 +26,8 @@ DATA_built = extension/aggr--$(EXTVERSION).sql
 DATA = extension/aggr--0.1.sql extension/aggr--0.1--0.2.sql extension/aggr--0.2.sql \
 	extension/aggr--0.2--0.3.sql extension/aggr--0.3.sql extension/aggr--0.3--0.4.sql \
 	extension/aggr--0.4.sql extension/aggr--0.4--0.5.sql extension/aggr--0.5.sql \
-	extension/aggr--0.5--0.6.sql extension/aggr--0.6.sql extension/aggr--0.6--0.7.sql
+	extension/aggr--0.5--0.6.sql extension/aggr--0.6.sql extension/aggr--0.6--0.7.sql \
+	extension/aggr--0.7.sql extension/aggr--0.7--0.8.sql
 PGFILEDESC = "aggr - pub-sub log aggregator inside PostgreSQL"
 
 # pg_regress and the isolation specs pass against any running server, aggr

@@ -46,12 +46,17 @@ SELECT count(*) FROM aggr_events(NULL, 10000);
 
 -- the pages are served by indexes, not by sorting the table: EXPLAIN each
 -- query aggr_events_page() runs to read a page, taken from its source, with
--- its arguments as parameters (the cut at the watermark applies after)
+-- its arguments as parameters (the cut at the watermark applies after),
+-- under the function's own settings
 CREATE FUNCTION plans_of_aggr_events() RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     query text;
     line text;
 BEGIN
+    PERFORM set_config(split_part(setting, '=', 1), substr(setting, strpos(setting, '=') + 1), true)
+    FROM pg_proc p, unnest(p.proconfig) setting
+    WHERE p.oid = 'aggr_events_page(text, integer, bigint)'::regprocedure
+      AND setting NOT LIKE 'search_path=%';
     FOR query IN
         SELECT m[1] FROM pg_proc p,
                regexp_matches(p.prosrc, '\((SELECT e\.\* FROM aggr\.events e.*?"limit")\) p', 'g') m
@@ -71,10 +76,17 @@ BEGIN
     END LOOP;
 END
 $$;
-SET enable_seqscan = off;
 SELECT * FROM plans_of_aggr_events();
-RESET enable_seqscan;
 DROP FUNCTION plans_of_aggr_events();
+-- and so they are on a table never analyzed, where the planner would scan
+-- it whole for a page: no page scans aggr.events
+SELECT pg_stat_force_next_flush();
+SELECT seq_scan AS seq_scans_before FROM pg_stat_user_tables WHERE relid = 'aggr.events'::regclass \gset
+SELECT count(*) FROM aggr_events_page(NULL, 10, 5);
+SELECT count(*) FROM aggr_events_page('topic_1', 10, 5);
+SELECT count(*) FROM aggr_events(NULL, 10, 5);
+SELECT pg_stat_force_next_flush();
+SELECT seq_scan - :seq_scans_before AS page_seq_scans FROM pg_stat_user_tables WHERE relid = 'aggr.events'::regclass;
 
 -- keys compare byte by byte, whatever the database's locale
 SELECT attrelid::regclass AS "table", attname, attcollation::regcollation AS collation
