@@ -28,7 +28,6 @@ use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
-use Time::HiRes qw(usleep);
 use lib 't';
 use AggrTest qw(new_node start_redis stop_redis redis_cmd wait_for stats
   wait_drained consumer_pids check_invariants publish spawn);
@@ -339,8 +338,8 @@ sub drained
     redis_cmd($redis, 'CONFIG', 'SET', 'busy-reply-threshold', '100');
     my $busy = spawn("$redis->{dir}/busy.log", 'redis-cli', '-p', $redis->{port}, 'EVAL',
         q{local function now() local t = redis.call('TIME'); return t[1] * 1000000 + t[2] end
-          local stop = now() + 2000000; while now() < stop do end; return 1}, '0');
-    usleep(500_000);
+          local stop = now() + 3000000; while now() < stop do end; return 1}, '0');
+    ok(wait_for(sub { (redis_cmd($redis, 'PING') // '') =~ /BUSY/ }, 10), 'busy Redis: it answers BUSY');
     my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT aggr_publish('" . event('busy', 'b1') . "')");
     like($err, qr/08006: could not queue 1 events on the broker/, 'busy Redis: the publish fails as an outage (08006)');
     like($err, qr/Redis cannot run commands now: BUSY/, "busy Redis: with Redis's message");

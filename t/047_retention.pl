@@ -213,10 +213,11 @@ settings('1s', '-1');
 my $log_offset = -s $node->logfile;
 sql(ingest_sql('lk', 1, 10));
 my $holder = spawn($node->basedir . '/holder.log', 'psql', '-X', '-q', '-d', $node->connstr('postgres'),
-    '-c', "BEGIN; SELECT seq FROM aggr.events WHERE topic LIKE 'lk%' FOR SHARE; SELECT pg_sleep(20); COMMIT;");
-ok(wait_for(sub { slurp_file($node->logfile, $log_offset) =~ /waiting for a lock that another transaction holds, 5 batches in a row/ }, 40),
+    '-c', "BEGIN; SELECT seq FROM aggr.events WHERE topic LIKE 'lk%' FOR SHARE; SELECT pg_sleep(90); COMMIT;");
+ok(wait_for(sub { slurp_file($node->logfile, $log_offset) =~ /waiting for a lock that another transaction holds, 5 batches in a row/ }, 60),
     'locked: expiry says it waits for a lock someone holds');
 is(stats($node)->{expired}, 1316600, 'locked: and expires nothing meanwhile');
+sql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(90)%' AND pid <> pg_backend_pid()});
 waitpid($holder, 0);
 ok(wait_for(sub { stats($node)->{expired} == 1316610 }, 30), 'locked: once it is released, expiry goes on');
 stop_redis($redis);
