@@ -40,6 +40,7 @@
  *-------------------------------------------------------------------------
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -117,6 +118,7 @@ static struct
 	pthread_t	thread;
 	PGconn	   *conn;			/* the hub thread's alone */
 	bool		prepared;		/* page_sql is prepared on conn */
+	int64_t		next_heartbeat_us;	/* the hub thread's alone */
 }			hub = {.lock = PTHREAD_MUTEX_INITIALIZER,.wake = {-1, -1}};
 
 static void
@@ -666,6 +668,51 @@ PreparePage(void)
 	return hub.prepared;
 }
 
+/* every stream gets a heartbeat when it is time; the hub thread only */
+static void
+HeartbeatIfDue(void)
+{
+	int64_t		now = AggrNowUs();
+
+	if (now < hub.next_heartbeat_us)
+		return;
+	ResumeStreams(PickForHeartbeat, NULL);
+	hub.next_heartbeat_us = now + aggr_config.stream_heartbeat_s * 1000000LL;
+}
+
+/*
+ * Runs the page statement, sending the heartbeats meanwhile: a page that
+ * waits (for a lock that aggr_distribute() or an ALTER EXTENSION holds on
+ * aggr.events, say) must not silence every stream, or idle proxies drop
+ * them.  The last result, or NULL when the connection failed.
+ */
+static PGresult *
+ExecPage(const char *const *values)
+{
+	PGresult   *res;
+	PGresult   *last = NULL;
+
+	if (!PQsendQueryPrepared(hub.conn, "aggr_stream_page", 4, values, NULL, NULL, 0))
+		return NULL;
+	while (PQisBusy(hub.conn))
+	{
+		struct pollfd fd = {.fd = PQsocket(hub.conn),.events = POLLIN};
+		int64_t		wait_ms = (hub.next_heartbeat_us - AggrNowUs()) / 1000 + 1;
+
+		if (poll(&fd, 1, wait_ms > 0 ? (int) wait_ms : 0) < 0 && errno != EINTR)
+			return NULL;
+		if (!PQconsumeInput(hub.conn))
+			return NULL;
+		HeartbeatIfDue();
+	}
+	while ((res = PQgetResult(hub.conn)) != NULL)
+	{
+		PQclear(last);
+		last = res;
+	}
+	return last;
+}
+
 static PGresult *
 ReadPage(const char *topic, int limit, size_t bytes, int64_t after)
 {
@@ -681,7 +728,7 @@ ReadPage(const char *topic, int limit, size_t bytes, int64_t after)
 	/* prepared once per connection: a wake-up is one execution, not a plan */
 	if (!hub.prepared && !PreparePage())
 		return NULL;
-	res = PQexecPrepared(hub.conn, "aggr_stream_page", 4, values, NULL, NULL, 0);
+	res = ExecPage(values);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
 	{
 		PQclear(res);
@@ -969,10 +1016,10 @@ HubLost(int *failures)
 static void *
 HubMain(void *arg)
 {
-	int64_t		next_heartbeat = AggrNowUs() + aggr_config.stream_heartbeat_s * 1000000LL;
 	int			failures = 0;
 
 	(void) arg;
+	hub.next_heartbeat_us = AggrNowUs() + aggr_config.stream_heartbeat_s * 1000000LL;
 	for (;;)
 	{
 		bool		pending = false;
@@ -997,13 +1044,9 @@ HubMain(void *arg)
 		if (failures > 0)
 			AggrLog("info", "event stream restored");
 		failures = 0;
+		HeartbeatIfDue();
 		now = AggrNowUs();
-		if (now >= next_heartbeat)
-		{
-			ResumeStreams(PickForHeartbeat, NULL);
-			next_heartbeat = now + aggr_config.stream_heartbeat_s * 1000000LL;
-		}
-		if (!HubWait(pending ? PENDING_POLL_MS : (int) ((next_heartbeat - now) / 1000) + 1))
+		if (!HubWait(pending ? PENDING_POLL_MS : (int) ((hub.next_heartbeat_us - now) / 1000) + 1))
 			HubLost(&failures);
 	}
 	if (hub.conn)

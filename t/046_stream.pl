@@ -450,6 +450,20 @@ for my $path ('/events/stream?topic=%FF&after=0', '/events?topic=%FF')
 }
 my ($idle) = grep { $_->{status} == 200 } @capped;
 ok(pump([$idle], sub { ($idle->{heartbeats} // 0) >= 2 }, 5), 'an idle stream gets a heartbeat every --stream-heartbeat');
+# a page that waits for a lock on aggr.events (ALTER EXTENSION, say) does
+# not silence the streams: their heartbeats go on
+my $locker = spawn($node->basedir . '/locker.log', 'psql', '-X', '-q', '-d', $node->connstr('postgres'), '-c',
+    'BEGIN; LOCK TABLE aggr.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;');
+wait_for(sub { $node->safe_psql('postgres', q{SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock'
+    AND granted AND relation = (SELECT oid FROM pg_class WHERE relname = 'events' AND relnamespace = 'aggr'::regnamespace)}) == 1 }, 10);
+$node->safe_psql('postgres', 'NOTIFY aggr_events');
+ok(wait_for(sub { $node->safe_psql('postgres',
+    q{SELECT wait_event_type FROM pg_stat_activity WHERE application_name = 'aggr sidecar stream'}) eq 'Lock' }, 5),
+    'locked: the stream reads a page that waits for the lock');
+my $beats = $idle->{heartbeats};
+pump([$idle], sub { $idle->{heartbeats} >= $beats + 2 }, 4);
+cmp_ok($idle->{heartbeats} - $beats, '>=', 2, 'locked: the heartbeats go on meanwhile');
+waitpid($locker, 0);
 # (the sequence's last value: duplicates and rollbacks draw seqs too)
 is($idle->{heartbeat_id}, $node->safe_psql('postgres', 'SELECT last_value FROM aggr.events_seq_seq'),
     'which carries where the stream stands');
