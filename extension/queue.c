@@ -781,9 +781,13 @@ AggrQueueWait(AggrQueue *queue, int timeout_ms, void (*on_latch) (void),
 	*ready = (r->type == REDIS_REPLY_STRING);
 	if (r->type == REDIS_REPLY_ERROR)
 	{
-		*error = pstrdup(r->str);
+		AggrQueueStatus status = RedisUnavailableNow(r) ?
+			Unavailable(queue, error, r, false) : AGGR_QUEUE_REFUSED;
+
+		if (status == AGGR_QUEUE_REFUSED)
+			*error = pstrdup(r->str);
 		freeReplyObject(r);
-		return AGGR_QUEUE_REFUSED;
+		return status;
 	}
 	freeReplyObject(r);
 	return AGGR_QUEUE_OK;

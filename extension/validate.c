@@ -159,14 +159,9 @@ AggrParseIsoTimestamp(const char *str, int len, TimestampTz *result)
 			p++;
 			if (!ReadDigits(&p, end, 2, &off_hour))
 				return false;
-			/* +hh, +hhmm or +hh:mm; a colon needs its minutes */
 			if (p < end && *p == ':')
-			{
 				p++;
-				if (!ReadDigits(&p, end, 2, &off_min))
-					return false;
-			}
-			else if (p < end && !ReadDigits(&p, end, 2, &off_min))
+			if (p < end && !ReadDigits(&p, end, 2, &off_min))
 				return false;
 			if (off_hour > 15 || off_min > 59)
 				return false;

@@ -56,6 +56,7 @@
 #include "sidecar.h"
 
 #define RING_PAGE_EVENTS 1000	/* events per hub read */
+#define RING_MIN_SLOTS 4096		/* the ring's slots at least */
 #define CATCH_UP_PAGE_EVENTS 200	/* events per catch-up read */
 #define CATCH_UP_PAGE_BYTES (256 * 1024)	/* and about this many bytes */
 #define STREAM_BUFFER_KEEP (256 * 1024) /* a larger stream buffer is let go */
@@ -72,6 +73,8 @@ typedef struct RingEvent
 	uint64_t	topic_hash;		/* TopicHash(topic) */
 	char	   *frame;			/* "id: ...\ndata: ...\n\n" */
 	size_t		frame_len;
+	size_t		held;			/* its bytes against --stream-buffer: frame,
+								 * topic and slot */
 } RingEvent;
 
 typedef struct Stream
@@ -146,7 +149,7 @@ RingDropOldest(void)
 	RingEvent  *e = RingAt(0);
 
 	hub.floor = e->seq;
-	hub.bytes -= e->frame_len;
+	hub.bytes -= e->held;
 	free(e->topic);
 	free(e->frame);
 	hub.head = (hub.head + 1) % hub.cap;
@@ -155,12 +158,12 @@ RingDropOldest(void)
 
 /*
  * The ring holds what --stream-buffer allows, however small the events:
- * full by count, it doubles (oldest first again, at index 0).
+ * full by count, it doubles (oldest first again, at index 0); once nobody
+ * listens and it is empty, it goes back to RING_MIN_SLOTS.
  */
 static void
-RingGrow(void)
+RingResize(size_t cap)
 {
-	size_t		cap = hub.cap * 2;
 	RingEvent  *ring = AggrCalloc(cap, sizeof(RingEvent));
 
 	for (size_t i = 0; i < hub.count; i++)
@@ -191,23 +194,27 @@ RingAppend(int64_t seq, const char *topic, const char *json, size_t json_len)
 {
 	AggrBuf		frame;
 	RingEvent  *e;
+	size_t		held;
 
 	AggrBufInit(&frame, json_len + 32);
 	AggrBufPrintf(&frame, "id: %" PRId64 "\ndata: ", seq);
 	AggrBufAppend(&frame, json, json_len);
 	AggrBufAppendStr(&frame, "\n\n");
-	while (hub.count > 0 && hub.bytes + frame.len > aggr_config.stream_buffer)
+	/* a slot counts twice: the ring doubles */
+	held = frame.len + strlen(topic) + 1 + 2 * sizeof(RingEvent);
+	while (hub.count > 0 && hub.bytes + held > aggr_config.stream_buffer)
 		RingDropOldest();
 	if (hub.count == hub.cap)
-		RingGrow();
+		RingResize(hub.cap * 2);
 	e = RingAt(hub.count);
 	e->seq = seq;
 	e->topic = AggrStrdup(topic);
 	e->topic_hash = TopicHash(topic);
 	e->frame = frame.data;
 	e->frame_len = frame.len;
+	e->held = held;
 	hub.count++;
-	hub.bytes += frame.len;
+	hub.bytes += held;
 	hub.cursor = seq;
 }
 
@@ -834,6 +841,8 @@ HubReadNews(bool *pending)
 		{
 			while (hub.count > 0)
 				RingDropOldest();
+			if (hub.cap > RING_MIN_SLOTS)
+				RingResize(RING_MIN_SLOTS);
 			pthread_mutex_unlock(&hub.lock);
 			if ((res = ReadPage(NULL, 1, 1, INT64_MAX)) == NULL)
 				return false;
@@ -1058,7 +1067,7 @@ HubMain(void *arg)
 void
 AggrStreamStart(void)
 {
-	hub.cap = 4096;				/* grows with the events it holds */
+	hub.cap = RING_MIN_SLOTS;
 	hub.ring = AggrCalloc(hub.cap, sizeof(RingEvent));
 	if (pipe(hub.wake) != 0)
 	{

@@ -335,7 +335,7 @@ sub drained
 #     (08006, the sidecar's 503 with Retry-After), not a refusal (38000, a
 #     500); nothing is queued, and once Redis is free the next one goes in
 {
-    redis_cmd($redis, 'CONFIG', 'SET', 'busy-reply-threshold', '100');
+    redis_cmd($redis, 'CONFIG', 'SET', 'lua-time-limit', '100');   # (Redis 7: busy-reply-threshold)
     my $busy = spawn("$redis->{dir}/busy.log", 'redis-cli', '-p', $redis->{port}, 'EVAL',
         q{local function now() local t = redis.call('TIME'); return t[1] * 1000000 + t[2] end
           local stop = now() + 3000000; while now() < stop do end; return 1}, '0');
@@ -344,7 +344,7 @@ sub drained
     like($err, qr/08006: could not queue 1 events on the broker/, 'busy Redis: the publish fails as an outage (08006)');
     like($err, qr/Redis cannot run commands now: BUSY/, "busy Redis: with Redis's message");
     waitpid($busy, 0);
-    redis_cmd($redis, 'CONFIG', 'SET', 'busy-reply-threshold', '5000');
+    redis_cmd($redis, 'CONFIG', 'SET', 'lua-time-limit', '5000');
     like(publish($node, event('busy', 'b2')), qr/"accepted": 1/, 'busy Redis: afterwards a publish goes in');
     $total{received}++;
     $total{unique}++;

@@ -209,11 +209,13 @@ check_invariants($node, 'restored tombstones', received => 1324600, unique => 13
 
 # ---- an old event locked by someone's open transaction ----
 
-settings('1s', '-1');
+# (expiry stopped until the holder has its lock, so the rows are still live)
 my $log_offset = -s $node->logfile;
 sql(ingest_sql('lk', 1, 10));
 my $holder = spawn($node->basedir . '/holder.log', 'psql', '-X', '-q', '-d', $node->connstr('postgres'),
     '-c', "BEGIN; SELECT seq FROM aggr.events WHERE topic LIKE 'lk%' FOR SHARE; SELECT pg_sleep(90); COMMIT;");
+wait_for(sub { sql(q{SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'}) == 1 }, 30);
+settings('1s', '-1');
 ok(wait_for(sub { slurp_file($node->logfile, $log_offset) =~ /waiting for a lock that another transaction holds, 5 batches in a row/ }, 60),
     'locked: expiry says it waits for a lock someone holds');
 is(stats($node)->{expired}, 1316600, 'locked: and expires nothing meanwhile');
