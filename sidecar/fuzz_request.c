@@ -813,6 +813,37 @@ ModelTokenOk(const char *auth, const char *expected)
 	return strcmp(auth, expected) == 0;
 }
 
+/*
+ * Valid UTF-8, decoded to code points: each the shortest form, none a
+ * surrogate or above U+10FFFF
+ */
+static bool
+ModelUtf8(const char *s)
+{
+	const unsigned char *p = (const unsigned char *) s;
+
+	while (*p)
+	{
+		static const unsigned long shortest[4] = {0, 0x80, 0x800, 0x10000};
+		int			n = *p < 0x80 ? 0 : *p >= 0xF0 ? 3 : *p >= 0xE0 ? 2 : *p >= 0xC0 ? 1 : -1;
+		unsigned long cp;
+
+		if (n < 0 || *p >= 0xF8)
+			return false;
+		cp = n == 0 ? *p : *p & (0x3F >> n);
+		for (int i = 1; i <= n; i++)
+		{
+			if ((p[i] & 0xC0) != 0x80)
+				return false;
+			cp = (cp << 6) | (p[i] & 0x3F);
+		}
+		if (cp < shortest[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+		p += n + 1;
+	}
+	return true;
+}
+
 /* "-"? digits, no overflow, in [min, max] */
 static bool
 ModelInt(const char *s, long long min, long long max, long long *out)
@@ -1051,6 +1082,8 @@ Model(const Input *in)
 		if (last_id ? !ModelInt(last_id, 0, INT64_MAX, &e.after) :
 			after && !ModelInt(after, 0, INT64_MAX, &e.after))
 			return e.status = 400, e;
+		if (topic && !ModelUtf8(topic))
+			return e.status = 400, e;
 		e.topic = topic && *topic ? topic : NULL;
 		e.stream = true;
 		return e.status = 200, e;
@@ -1066,6 +1099,8 @@ Model(const Input *in)
 		if (limit && !ModelInt(limit, 1, 10000, &e.limit))
 			return e.status = 400, e;
 		if (after && !ModelInt(after, 0, INT64_MAX, &e.after))
+			return e.status = 400, e;
+		if (topic && !ModelUtf8(topic))
 			return e.status = 400, e;
 		e.topic = topic && *topic ? topic : NULL;
 	}
