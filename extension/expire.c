@@ -32,12 +32,12 @@ PG_FUNCTION_INFO_V1(aggr_expire);
  * after the mark $2 up to $3 in seq order, at most $4; "doomed" is the prefix
  * of old ones; "changed" is what was done to them (RETURNING topic, seq, and
  * whether the row counts as the walk's: a tombstone deleted by the expiry
- * is not an expired event).  The answer: how many counted; the new mark, the last seq up to which
- * every row of the range that will ever be walked was changed: below the
- * first skipped row (another transaction changed it meanwhile; it is
- * rechecked by its own conditions), else below the first young one, else $3
- * when todo held the whole range, else todo's last; and whether todo was
- * full and all old (call again).  So the mark passes rows the walk does not
+ * is not an expired event).  The answer: how many counted; the new mark, the
+ * last seq up to which every row of the range that will ever be walked was
+ * changed: below the first skipped row (another transaction changed it
+ * meanwhile; it is rechecked by its own conditions), else below the first
+ * young one, else $3 when todo held the whole range, else todo's last; and
+ * whether todo was full and all old (call again).  So the mark passes rows the walk does not
  * take (tombstones, for expiry), and the next walk does not read them again.
  *
  * The walks read a table that may have grown from empty since they were
@@ -279,6 +279,9 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	int			gucs;
 	bool		distributed = AggrCitusRoleNow().distributed;
 	const RowNaming *rows = distributed ? &by_key : &by_tid;
+	const ExpiryMode *mode = forget_at_once ? &delete_events : &make_tombstones;
+	SPIPlanPtr *expire_plan = forget_at_once ? &delete_plan[distributed] : &tombstone_plan[distributed];
+	int64		walked_from;
 
 	memset(result, 0, sizeof(*result));
 	if (expire_limit <= 0)
@@ -356,24 +359,19 @@ AggrExpireBatch(TimestampTz expire_before, int expire_limit, bool wait,
 	values[2] = Int64GetDatum(upto);
 	values[3] = Int32GetDatum(Max(expire_limit, 1));
 	values[4] = TimestampTzGetDatum(now);
-	{
-		SPIPlanPtr *plan = forget_at_once ? &delete_plan[distributed] : &tombstone_plan[distributed];
-		const ExpiryMode *mode = forget_at_once ? &delete_events : &make_tombstones;
-		int64		before = expired_upto;
-
-		if (*plan == NULL)
-			(void) AggrPreparedPlanWith(plan,
-										psprintf(expire_sql_template, rows->columns, rows->doomed_columns,
-												 mode->walked, mode->old,
-												 psprintf(mode->change, rows->match)),
-										5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
-		values[0] = TimestampTzGetDatum(expire_before);
-		values[1] = Int64GetDatum(expired_upto);
-		result->expired = Walk(*plan, values, &expired_upto, &result->more_to_expire);
-		/* deleted, tombstones too, with none left below: nothing to forget */
-		if (forget_at_once && forgotten_upto == before)
-			forgotten_upto = expired_upto;
-	}
+	if (*expire_plan == NULL)
+		(void) AggrPreparedPlanWith(expire_plan,
+									psprintf(expire_sql_template, rows->columns, rows->doomed_columns,
+											 mode->walked, mode->old,
+											 psprintf(mode->change, rows->match)),
+									5, walk_types, CURSOR_OPT_CUSTOM_PLAN);
+	values[0] = TimestampTzGetDatum(expire_before);
+	values[1] = Int64GetDatum(expired_upto);
+	walked_from = expired_upto;
+	result->expired = Walk(*expire_plan, values, &expired_upto, &result->more_to_expire);
+	/* deleted, tombstones too, with none left below: nothing to forget */
+	if (forget_at_once && forgotten_upto == walked_from)
+		forgotten_upto = expired_upto;
 	if (forget_before != DT_NOBEGIN && forgotten_upto < expired_upto)
 	{
 		values[0] = TimestampTzGetDatum(forget_before);

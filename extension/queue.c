@@ -290,19 +290,29 @@ RedisUnavailableNow(const redisReply *reply)
 	if (reply->type != REDIS_REPLY_ERROR)
 		return false;
 	for (int i = 0; i < lengthof(prefixes); i++)
-		if (strncmp(reply->str, prefixes[i], strlen(prefixes[i])) == 0 &&
-			(reply->str[strlen(prefixes[i])] == ' ' || reply->str[strlen(prefixes[i])] == '\0'))
+	{
+		size_t		n = strlen(prefixes[i]);
+
+		if (strncmp(reply->str, prefixes[i], n) == 0 &&
+			(reply->str[n] == ' ' || reply->str[n] == '\0'))
 			return true;
+	}
 	return false;
 }
 
 /*
- * The connection is closed after such a reply; the next call connects
- * again.  ran: an earlier command of the same round trip ran.
+ * What an error reply means: an outage (RedisUnavailableNow; the connection
+ * is closed, the next call connects again; ran: an earlier command of the
+ * same round trip ran), else a refusal with Redis's message.
  */
 static AggrQueueStatus
-Unavailable(AggrQueue *queue, char **error, const redisReply *reply, bool ran)
+ErrorReply(AggrQueue *queue, char **error, const redisReply *reply, bool ran)
 {
+	if (!RedisUnavailableNow(reply))
+	{
+		*error = pstrdup(reply->str);
+		return AGGR_QUEUE_REFUSED;
+	}
 	*error = psprintf("Redis cannot run commands now: %s", reply->str);
 	redisFree(queue->redis);
 	queue->redis = NULL;
@@ -322,7 +332,7 @@ LoadScript(AggrQueue *queue, Script *script, char **error)
 		return Lost(queue, error, "Redis command failed", false);
 	if (RedisUnavailableNow(load))
 	{
-		AggrQueueStatus status = Unavailable(queue, error, load, false);
+		AggrQueueStatus status = ErrorReply(queue, error, load, false);
 
 		freeReplyObject(load);
 		return status;
@@ -407,10 +417,7 @@ RunScript(AggrQueue *queue, Script *script, int nkeys, int argc, const char **ar
 	for (int i = 0; i < nreplies; i++)
 		if (replies[i]->type == REDIS_REPLY_ERROR)
 		{
-			status = RedisUnavailableNow(replies[i]) ?
-				Unavailable(queue, error, replies[i], i > 0) : AGGR_QUEUE_REFUSED;
-			if (status == AGGR_QUEUE_REFUSED)
-				*error = pstrdup(replies[i]->str);
+			status = ErrorReply(queue, error, replies[i], i > 0);
 			for (int j = 0; j < nreplies; j++)
 				freeReplyObject(replies[j]);
 			replies[0] = replies[1] = NULL;
@@ -781,11 +788,8 @@ AggrQueueWait(AggrQueue *queue, int timeout_ms, void (*on_latch) (void),
 	*ready = (r->type == REDIS_REPLY_STRING);
 	if (r->type == REDIS_REPLY_ERROR)
 	{
-		AggrQueueStatus status = RedisUnavailableNow(r) ?
-			Unavailable(queue, error, r, false) : AGGR_QUEUE_REFUSED;
+		AggrQueueStatus status = ErrorReply(queue, error, r, false);
 
-		if (status == AGGR_QUEUE_REFUSED)
-			*error = pstrdup(r->str);
 		freeReplyObject(r);
 		return status;
 	}

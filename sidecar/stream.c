@@ -85,9 +85,8 @@ typedef struct Stream
 	char	   *topic;			/* NULL: every topic */
 	uint64_t	topic_hash;
 	int64_t		pos;
-	int64_t		served_us;		/* last took bytes, asked for more (Refill),
-								 * or was woken */
-	bool		stalled;		/* took nothing for SLOW_US since Refill */
+	int64_t		served_us;		/* last took bytes without a stall, asked for
+								 * more (Refill), or was woken */
 	unsigned	fetch_pass;		/* the hub pass that read its last page */
 	bool		started;		/* the retry line was sent */
 	bool		suspended;
@@ -252,11 +251,22 @@ TopicMatches(const Stream *s, const RingEvent *e)
  * so a client that reconnects with it as Last-Event-ID misses nothing.
  */
 static void
+AppendEndEvent(AggrBuf *out, const char *why, int64_t id, int64_t resume_after)
+{
+	AggrBufAppendStr(out, "event: error\n");
+	if (id >= 0)
+		AggrBufPrintf(out, "id: %" PRId64 "\n", id);
+	AggrBufAppendStr(out, "data: {\"error\":");
+	AggrBufJsonString(out, why);
+	if (resume_after >= 0)
+		AggrBufPrintf(out, ",\"resume_after\":%" PRId64, resume_after);
+	AggrBufAppendStr(out, "}\n\n");
+}
+
+static void
 AppendFinalEvent(Stream *s)
 {
-	AggrBufPrintf(&s->out, "event: error\nid: %" PRId64 "\ndata: {\"error\":", s->pos);
-	AggrBufJsonString(&s->out, s->end_reason);
-	AggrBufPrintf(&s->out, ",\"resume_after\":%" PRId64 "}\n\n", s->pos);
+	AppendEndEvent(&s->out, s->end_reason, s->pos, s->pos);
 	s->end_sent = true;
 }
 
@@ -287,10 +297,9 @@ static bool
 Refill(Stream *s, size_t max)
 {
 	int64_t		now = AggrNowUs();
-	bool		idle = now - s->served_us > SLOW_US || s->stalled;
+	bool		idle = now - s->served_us > SLOW_US;
 
 	s->served_us = now;
-	s->stalled = false;
 	if (!s->started)
 	{
 		AggrBufPrintf(&s->out, "retry: %d\nid: %" PRId64 "\n\n", RETRY_MS, s->pos);
@@ -382,15 +391,14 @@ StreamRead(void *cls, uint64_t offset, char *buf, size_t max)
 
 	/*
 	 * Its socket took bytes: served now, however long a page takes to send;
-	 * but a second or more since the last bytes is a stall Refill must see.
+	 * but after a stall of a second or more served_us stays, for Refill.
 	 */
 	if (n > 0)
 	{
 		int64_t		now = AggrNowUs();
 
-		if (now - s->served_us > SLOW_US)
-			s->stalled = true;
-		s->served_us = now;
+		if (now - s->served_us <= SLOW_US)
+			s->served_us = now;
 	}
 	pthread_mutex_unlock(&hub.lock);
 	return (ssize_t) n;
@@ -464,11 +472,9 @@ NotConnectedYet(int64_t after)
 	struct MHD_Response *resp;
 
 	AggrBufInit(&body, 256);
-	AggrBufPrintf(&body, "retry: %d\n\nevent: error\ndata: {\"error\":\"the event stream is "
-				  "not connected to the database yet; retrying\"", RETRY_MS);
-	if (after >= 0)
-		AggrBufPrintf(&body, ",\"resume_after\":%" PRId64, after);
-	AggrBufAppendStr(&body, "}\n\n");
+	AggrBufPrintf(&body, "retry: %d\n\n", RETRY_MS);
+	AppendEndEvent(&body, "the event stream is not connected to the database yet; retrying",
+				   -1, after);
 	resp = MHD_create_response_from_buffer(body.len, body.data, MHD_RESPMEM_MUST_COPY);
 	AggrBufFree(&body);
 	if (resp)
@@ -930,10 +936,12 @@ HubCatchUp(bool *pending)
 		free(topic);
 
 		/*
-		 * The query failed, not the connection (a statement_timeout, say):
-		 * only this stream ends; it must not end everyone's.
+		 * The query failed, not the connection (a statement_timeout, say),
+		 * and the connection is idle again: only this stream ends; it must
+		 * not end everyone's.
 		 */
-		refused = res == NULL && PQstatus(hub.conn) == CONNECTION_OK;
+		refused = res == NULL && PQstatus(hub.conn) == CONNECTION_OK &&
+			PQtransactionStatus(hub.conn) == PQTRANS_IDLE;
 		if (refused)
 			AggrLog("warning", "event stream: a catch-up read failed, its stream ends: %s",
 					PQerrorMessage(hub.conn));
